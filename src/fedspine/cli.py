@@ -1,0 +1,136 @@
+"""The `fedspine` command line: run, compare, export, bench-inference."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from fedspine.errors import FedspineError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Federated LoRA fine-tuning with on-device structured pruning (FedSpine). "
+    "Every command runs offline on the bundled model and data by default.",
+)
+console = Console(stderr=True)
+
+MethodOpt = Annotated[str, typer.Option(
+    "--method", "-m", help="fedspine | fedlora | hetlora | flexlora | prune-then-tune | "
+    "fedspine-fixed | fedspine-random | fedspine-perdevice")]
+PresetOpt = Annotated[str, typer.Option(
+    "--preset", "-p", help="smoke (CI-sized, <1 min), default (80 devices, the main job), "
+    "paper (larger, longer)")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", help="TOML file with [run], [data], [model], [train], [fleet], [pruning], "
+    "[bandit], [eval] tables; see `fedspine show-config`")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", "-s", help="override one setting, e.g. --set run.rounds=10 (repeatable)")]
+OutOpt = Annotated[Path | None, typer.Option(
+    "--out", "-o", help="run directory (default runs/<time>-<method>/); must not exist")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="seed for everything (run.seed)")]
+
+
+def _config(preset: str, config_file: Path | None, sets: list[str] | None,
+            extra: list[str]):
+    from fedspine.config import load_config
+
+    return load_config(preset, config_file, list(sets or []) + extra)
+
+
+@app.command()
+def run(
+    method: MethodOpt = "fedspine",
+    preset: PresetOpt = "default",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    seed: SeedOpt = None,
+) -> None:
+    """Run one federated fine-tuning job on the simulated device fleet.
+
+    Writes config.toml, rounds.jsonl, summary.json, accuracy_vs_time.png and
+    device_configs.png into the run directory (atomically: it appears when complete).
+    """
+    from fedspine.report.progress import RichProgress
+    from fedspine.runner import simulate
+
+    extra = [f"run.method={method}"] + ([f"run.seed={seed}"] if seed is not None else [])
+    cfg = _config(preset, config, set_, extra)
+    progress = RichProgress(cfg.run.method, console)
+    try:
+        run_dir = simulate(cfg, out, progress)
+    finally:
+        progress.close()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    _print_summary(summary, run_dir)
+
+
+def _print_summary(summary: dict, run_dir: Path) -> None:
+    def pct(value):
+        return "n/a" if value is None else f"{100 * value:.1f}%"
+
+    ttt = summary["time_to_target_s"]
+    console.print(
+        f"[bold green]done[/] {summary['method']}: final accuracy {pct(summary['final_accuracy'])}"
+        f" (global {pct(summary['global_accuracy'])}), mean sparsity "
+        f"{pct(summary['mean_sparsity'])}, simulated {summary['sim_time_s']:.0f}s, "
+        f"time to {pct(summary['target_accuracy'])}: "
+        f"{'not reached' if ttt is None else f'{ttt:.0f}s'}, wall {summary['wall_time_s']:.0f}s"
+    )
+    console.print(f"run directory: {run_dir}")
+
+
+@app.command("show-config")
+def show_config(preset: PresetOpt = "default", config: ConfigOpt = None,
+                set_: SetOpt = None) -> None:
+    """Print the fully resolved config as TOML (a starting point for --config files)."""
+    from fedspine.config import config_to_toml
+
+    typer.echo(config_to_toml(_config(preset, config, set_, [])))
+
+
+@app.command("bench-inference")
+def bench_inference(
+    model: Annotated[str | None, typer.Option(help="model source (default: bundled MiniLM)")] = None,
+    sparsity: Annotated[list[float] | None, typer.Option(
+        help="sparsity to measure (repeatable); 0.0 is always included")] = None,
+    batch: Annotated[int, typer.Option(help="batch size")] = 8,
+    seq_len: Annotated[int, typer.Option(help="sequence length")] = 128,
+    repeats: Annotated[int, typer.Option(help="timed repeats (median reported)")] = 20,
+    threads: Annotated[int, typer.Option(help="torch threads")] = 2,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the table as JSON")] = None,
+) -> None:
+    """Latency, parameter count and bytes of pruned copies, side by side in one process."""
+    from fedspine.bench_inference import format_bench_table, run_bench_inference
+    from fedspine.report.record import write_json_atomic
+
+    result = run_bench_inference(model, sorted(set([0.0] + list(sparsity or [0.3, 0.5]))),
+                                 batch, seq_len, repeats, 3, threads)
+    typer.echo(format_bench_table(result))
+    if json_out:
+        write_json_atomic(json_out, result)
+
+
+def main() -> None:
+    """Entry point: user errors print one line and exit 2, never a traceback."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        app()
+    except FedspineError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: finished rounds are kept in <out>.partial/")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

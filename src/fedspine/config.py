@@ -1,0 +1,314 @@
+"""Typed run configuration: presets, TOML files and `--set` overrides, validated once at the edge.
+
+Every section is a frozen dataclass whose field comments are the one place a setting is
+documented. `load_config` merges, in order: the preset, a TOML file, `key=value` overrides;
+then `validate` checks ranges so that the rest of the code can trust the values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import tomli_w
+
+from fedspine.errors import ConfigError
+
+METHODS = (
+    "fedspine",
+    "fedlora",
+    "hetlora",
+    "flexlora",
+    "prune-then-tune",
+    "fedspine-fixed",
+    "fedspine-random",
+    "fedspine-perdevice",
+)
+
+
+@dataclass(frozen=True)
+class RunSection:
+    method: str = "fedspine"  # one of METHODS
+    seed: int = 0  # seeds data split, partition, fleet, sampling, LoRA init and the bandit
+    rounds: int = 20  # federated rounds
+    clients_per_round: int = 8  # devices sampled each round (capped at num_devices)
+    workers: int = 2  # parallel simulated clients (one CPU thread each)
+
+
+@dataclass(frozen=True)
+class DataSection:
+    dataset: str = "spam"  # bundled name (spam, sotu) or a CSV/JSONL/Parquet file or HF dataset dir
+    text_column: str = "text"
+    label_column: str = "label"
+    test_fraction: float = 0.2  # held-out share, stratified
+    max_test_examples: int = 400  # cap on the held-out set used for the final accuracy
+    round_eval_examples: int = 200  # fixed seeded subset scored every round (kept cheap)
+    dirichlet_alpha: float = 0.5  # label skew across devices; lower is more non-IID
+    iid: bool = False  # ignore alpha and split uniformly at random
+    max_seq_len: int = 64  # tokens per example (longer texts are truncated)
+    max_train_examples: int = 0  # 0 = use all training examples
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    source: str = "minilm"  # "minilm", "gemma3-270m", a local HF model dir, or a hub id
+    lora_rank: int = 8  # rank for single-rank methods and the maximum rank of the global LoRA
+    lora_alpha_per_rank: float = 2.0  # lora_alpha = this * rank, so scaling is the same at every rank
+    lora_dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    local_steps: int = 20  # optimizer steps per device per round
+    batch_size: int = 8
+    learning_rate: float = 1e-3  # LoRA factors
+    head_learning_rate: float = 2e-3  # the new classification head
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class FleetSection:
+    num_devices: int = 80
+    tiers: str = "tx2:1.3:8:30,xavier-nx:6.0:8:40,agx-xavier:11.0:32:10"  # name:TFLOPs:GB:count
+    efficiency: float = 0.25  # share of peak FP16 reached in training, same for every tier
+    device_jitter: float = 0.2  # each device within +-20% of its tier
+    bandwidth_min_mbps: float = 1.0  # MB/s, log-uniform per device
+    bandwidth_max_mbps: float = 20.0
+    bandwidth_drift: float = 0.3  # +-30% round to round
+    latency_s: float = 0.05  # fixed per message
+    power_switch_prob: float = 0.05  # chance per round of switching power mode
+    low_power_factor: float = 0.6  # throughput multiplier in low-power mode
+    round_noise: float = 0.1  # +-10% per-round throughput noise
+
+
+@dataclass(frozen=True)
+class PruningSection:
+    target_sparsity: float = 0.5  # share of heads and FFN channels every device ends without
+    prune_interval: int = 20  # local steps between pruning steps (K)
+    importance: str = "lora-taylor"  # lora-taylor | magnitude | taylor (calibration, full grads)
+    ema_beta: float = 0.9  # smoothing of importance over local iterations
+    selection: str = "uniform"  # uniform (same share per layer) | global (ranked across layers)
+    final_recovery_steps: int = 10  # LoRA steps after a device's last pruning step
+
+
+@dataclass(frozen=True)
+class BanditSection:
+    mode: str = "shared"  # shared (devices grouped by observed speed) | per-device (paper)
+    rank_min: int = 2
+    rank_max: int = 16
+    exploration: float = 0.5  # c in mean + c*sqrt(log t / n)
+    smoothness: float = 0.3  # L in + L*diam(cell)
+    w_loss: float = 1.0  # reward weight of the relative loss drop
+    w_prune: float = 1.0  # reward weight of the share of the sparsity gap closed
+    w_imp: float = 0.5  # reward weight of the LoRA update's norm (relative to the round's max)
+    w_time: float = 1.0  # penalty weight of completion time / round median
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    target_accuracy: float = 0.0  # 0 = 95% of this run's best accuracy; else an absolute bar
+    final_eval_examples: int = 200  # per-device final evaluation subset (global model: full test)
+    round_devices: int = 2  # pruned methods: participants scored per round (least/most pruned)
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunSection = field(default_factory=RunSection)
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    fleet: FleetSection = field(default_factory=FleetSection)
+    pruning: PruningSection = field(default_factory=PruningSection)
+    bandit: BanditSection = field(default_factory=BanditSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # CI-sized: real MiniLM, real data, a few devices; under a minute on 2 cores.
+    "smoke": {
+        "run": {"rounds": 4, "clients_per_round": 4},
+        "data": {"max_train_examples": 800, "max_test_examples": 200, "round_eval_examples": 100,
+                 "max_seq_len": 48},
+        "train": {"local_steps": 8},
+        "fleet": {"num_devices": 8},
+        "pruning": {"prune_interval": 4, "final_recovery_steps": 4},
+        "eval": {"final_eval_examples": 100},
+    },
+    # The main job: the 80-device fleet, MiniLM, bundled spam data; a few minutes on 2 cores.
+    "default": {},
+    # Closer to the paper's RoBERTa setting at our scale: multi-class topic data, longer run.
+    "paper": {
+        "run": {"rounds": 40, "clients_per_round": 10},
+        "data": {"dataset": "sotu", "max_seq_len": 96, "max_test_examples": 600},
+        "train": {"local_steps": 40},
+    },
+}
+
+
+def _section_types(section_cls: type) -> dict[str, type]:
+    return get_type_hints(section_cls)
+
+
+def _coerce(value: Any, expected: type, key: str) -> Any:
+    """Convert a TOML or string value to the field's type, or raise a ConfigError naming the key."""
+    if isinstance(value, str) and expected is not str:
+        text = value.strip()
+        try:
+            if expected is bool:
+                if text.lower() in ("true", "1", "yes"):
+                    return True
+                if text.lower() in ("false", "0", "no"):
+                    return False
+                raise ValueError(text)
+            return expected(text)
+        except ValueError:
+            raise ConfigError(
+                f"{key} = {value!r} is not a valid {expected.__name__}; "
+                f"use e.g. --set {key}={_example(expected)}"
+            ) from None
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} = {value!r} must be a {expected.__name__}")
+    return value
+
+
+def _example(expected: type) -> str:
+    return {int: "4", float: "0.5", bool: "true"}.get(expected, "value")
+
+
+def _apply(config: Config, overrides: dict[str, dict[str, Any]], origin: str) -> Config:
+    """Return a copy of `config` with nested `{section: {key: value}}` overrides applied."""
+    sections = {f.name: getattr(config, f.name) for f in fields(config)}
+    for section_name, values in overrides.items():
+        if section_name not in sections:
+            raise ConfigError(
+                f"unknown config section [{section_name}] in {origin}; "
+                f"sections are: {', '.join(sections)}"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section_name}] in {origin} must be a table of key = value")
+        section = sections[section_name]
+        types = _section_types(type(section))
+        changes = {}
+        for key, value in values.items():
+            if key not in types:
+                raise ConfigError(
+                    f"unknown key {section_name}.{key} in {origin}; "
+                    f"keys of [{section_name}] are: {', '.join(types)}"
+                )
+            changes[key] = _coerce(value, types[key], f"{section_name}.{key}")
+        sections[section_name] = dataclasses.replace(section, **changes)
+    return Config(**sections)
+
+
+def parse_set_overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """Turn `["run.rounds=5", "data.iid=true"]` into nested overrides (values stay strings)."""
+    nested: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not section or not name:
+            raise ConfigError(
+                f"--set {pair!r} must look like section.key=value, e.g. --set run.rounds=10"
+            )
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a config TOML file with a clear error for a missing or malformed file."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; pass an existing TOML file to --config")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+
+
+def load_config(
+    preset: str = "default",
+    config_file: Path | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """Build the resolved config: defaults <- preset <- TOML file <- --set overrides."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; presets are: {', '.join(PRESETS)}")
+    config = _apply(Config(), PRESETS[preset], f"preset {preset!r}")
+    if config_file is not None:
+        config = _apply(config, read_toml(config_file), str(config_file))
+    if overrides:
+        config = _apply(config, parse_set_overrides(overrides), "--set")
+    validate(config)
+    return config
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(config: Config) -> None:
+    """Range checks that need more than a type: one readable message per problem."""
+    run, data, train, prune, bandit = (
+        config.run, config.data, config.train, config.pruning, config.bandit
+    )
+    _check(run.method in METHODS, f"run.method {run.method!r} is not one of: {', '.join(METHODS)}")
+    _check(run.rounds >= 1, "run.rounds must be >= 1")
+    _check(run.clients_per_round >= 1, "run.clients_per_round must be >= 1")
+    _check(1 <= run.workers <= 64, "run.workers must be between 1 and 64")
+    _check(config.fleet.num_devices >= 1, "fleet.num_devices must be >= 1")
+    _check(0.0 < data.test_fraction < 1.0, "data.test_fraction must be in (0, 1)")
+    _check(data.dirichlet_alpha > 0, "data.dirichlet_alpha must be > 0 (or set data.iid=true)")
+    _check(8 <= data.max_seq_len <= 8192, "data.max_seq_len must be between 8 and 8192")
+    _check(data.round_eval_examples >= 1, "data.round_eval_examples must be >= 1")
+    _check(config.model.lora_rank >= 1, "model.lora_rank must be >= 1")
+    _check(train.local_steps >= 1, "train.local_steps must be >= 1")
+    _check(train.batch_size >= 1, "train.batch_size must be >= 1")
+    _check(0 < train.learning_rate < 1, "train.learning_rate must be in (0, 1)")
+    _check(0.0 <= prune.target_sparsity < 1.0, "pruning.target_sparsity must be in [0, 1)")
+    _check(prune.prune_interval >= 1, "pruning.prune_interval must be >= 1")
+    _check(prune.importance in ("lora-taylor", "magnitude", "taylor"),
+           "pruning.importance must be lora-taylor, magnitude or taylor")
+    _check(prune.selection in ("uniform", "global"), "pruning.selection must be uniform or global")
+    _check(0.0 <= prune.ema_beta < 1.0, "pruning.ema_beta must be in [0, 1)")
+    _check(bandit.mode in ("shared", "per-device"), "bandit.mode must be shared or per-device")
+    _check(1 <= bandit.rank_min <= bandit.rank_max,
+           "bandit.rank_min must be >= 1 and <= bandit.rank_max")
+    _check(config.eval.target_accuracy <= 1.0, "eval.target_accuracy is a share in [0, 1]")
+    parse_tiers(config.fleet.tiers)
+
+
+def parse_tiers(text: str) -> list[tuple[str, float, float, int]]:
+    """Parse `name:TFLOPs:GB:count,...` into tuples, with a clear error on a malformed entry."""
+    tiers = []
+    for entry in text.split(","):
+        parts = entry.strip().split(":")
+        try:
+            name, tflops, mem_gb, count = parts[0], float(parts[1]), float(parts[2]), int(parts[3])
+        except (IndexError, ValueError):
+            raise ConfigError(
+                f"fleet.tiers entry {entry!r} must be name:TFLOPs:GB:count, e.g. tx2:1.3:8:30"
+            ) from None
+        _check(tflops > 0 and mem_gb > 0 and count >= 0, f"fleet.tiers entry {entry!r} out of range")
+        tiers.append((name, tflops, mem_gb, count))
+    _check(sum(t[3] for t in tiers) > 0, "fleet.tiers needs at least one device")
+    return tiers
+
+
+def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(values: dict[str, dict[str, Any]]) -> Config:
+    """Rebuild a Config from its dict form (as sent to clients or read from a run's config.toml)."""
+    config = _apply(Config(), values, "saved config")
+    validate(config)
+    return config
+
+
+def config_to_toml(config: Config) -> str:
+    return tomli_w.dumps(config_to_dict(config))

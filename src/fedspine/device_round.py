@@ -1,0 +1,185 @@
+"""One device's round: rebuild its pruned model, train LoRA, prune on schedule, cost the work.
+
+This is the client behaviour of every method; a method differs only in the plan it sends
+(rank, this round's target sparsity, one-shot pruning). No Flower here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from fedspine.fleet.clock import conditions_at, round_time_s
+from fedspine.fleet.cost import exceeds_budget, training_flops, training_memory_bytes
+from fedspine.fleet.profiles import DeviceProfile
+from fedspine.lora.aggregation import LoraFactors
+from fedspine.lora.peft_io import (
+    attach_lora,
+    get_head_state,
+    get_lora_factors,
+    set_head_state,
+    set_lora_factors,
+)
+from fedspine.protocol import factors_to_tensors, payload_bytes
+from fedspine.pruning import (
+    KeptIndices,
+    build_pruned_model,
+    make_importance,
+    prune_step,
+    sparsity_report,
+)
+from fedspine.resources import RunResources
+from fedspine.train import evaluate, make_optimizer, train_local
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """What the server asks of one device for one round."""
+
+    round_num: int
+    lora_rank: int
+    target_sparsity: float = 0.0  # sparsity to reach by the end of this round
+    prune_one_shot: bool = False  # prune to target before training (prune-then-tune)
+    local_steps: int = 0  # 0 = the config's train.local_steps
+
+
+@dataclass
+class DeviceResult:
+    ok: bool
+    factors: dict[str, LoraFactors] = field(default_factory=dict)
+    head: dict[str, torch.Tensor] = field(default_factory=dict)
+    kept: KeptIndices | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+
+def prune_points(local_steps: int, interval: int) -> list[int]:
+    """Steps after which to prune: every `interval` steps, always leaving steps to recover."""
+    points = list(range(interval, local_steps, interval))
+    return points or [max(1, local_steps // 2)]
+
+
+def sparsity_schedule(start: float, target: float, points: int) -> list[float]:
+    """Equal steps from the current sparsity to this round's target."""
+    return [start + (target - start) * (j + 1) / points for j in range(points)]
+
+
+def _payload(result_factors, head) -> int:
+    return payload_bytes(factors_to_tensors(result_factors)) + payload_bytes(head)
+
+
+def run_device_round(
+    res: RunResources,
+    device: DeviceProfile,
+    plan: DevicePlan,
+    kept: KeptIndices | None,
+    down_factors: dict[str, LoraFactors],
+    down_head: dict[str, torch.Tensor],
+) -> DeviceResult:
+    """Train (and prune) one device for one round and cost it on the simulated clock."""
+    cfg = res.config
+    adapter = res.base.adapter
+    steps = plan.local_steps or cfg.train.local_steps
+    data = res.train.subset(res.partitions[device.device_id])
+    model = build_pruned_model(res.base.model, kept)
+    peft_model = attach_lora(model, adapter, plan.lora_rank, cfg.model.lora_alpha_per_rank,
+                             cfg.model.lora_dropout, seed=cfg.run.seed + device.device_id)
+    if down_factors:
+        set_lora_factors(peft_model, down_factors)
+    if down_head:
+        set_head_state(peft_model, down_head)
+    seq_len = cfg.data.max_seq_len
+    memory = training_memory_bytes(peft_model, cfg.train.batch_size, seq_len)
+    if exceeds_budget(memory, device):
+        return DeviceResult(ok=False, kept=kept, error=(
+            f"training needs {memory / 2**20:.0f} MB, over the device's budget"),
+            metrics={"train_memory_mb": memory / 2**20})
+    pruner = _Pruner(res, peft_model, kept, plan, steps, data)
+    if plan.prune_one_shot:
+        pruner.one_shot()
+    optimizer = make_optimizer(peft_model, cfg.train.learning_rate, cfg.train.head_learning_rate,
+                               cfg.train.weight_decay, adapter.head_module_names)
+    pruner.optimizer = optimizer
+    stats = train_local(peft_model, data, steps, cfg.train.batch_size, optimizer,
+                        seed=cfg.run.seed * 100_003 + plan.round_num * 1009 + device.device_id,
+                        after_backward=pruner.after_backward, after_step=pruner.after_step)
+    factors, head = get_lora_factors(peft_model), get_head_state(peft_model)
+    bytes_down, bytes_up = _payload(down_factors, down_head), _payload(factors, head)
+    cond = conditions_at(device, res.fleet_spec, plan.round_num)
+    compute_flops = pruner.flops + training_flops(peft_model, 2 * cfg.train.batch_size, seq_len,
+                                                  forward_only=True)
+    time_s = round_time_s(compute_flops, bytes_up, bytes_down, cond, device.latency_s)
+    report = sparsity_report(pruner.kept, res.base.model.config)
+    return DeviceResult(ok=True, factors=factors, head=head, kept=pruner.kept, metrics={
+        "num_examples": stats.examples, "loss_before": stats.loss_before,
+        "loss_after": stats.loss_after, "time_s": time_s,
+        "compute_s": compute_flops / cond.flops_per_s, "bytes_up": bytes_up,
+        "bytes_down": bytes_down, "train_flops": compute_flops,
+        "train_memory_mb": memory / 2**20, "train_wall_s": stats.train_wall_s,
+        "sparsity": report["structure_sparsity"], "param_sparsity": report["param_sparsity"],
+        "params": report["params"], "lora_rank": plan.lora_rank,
+    })
+
+
+class _Pruner:
+    """Scores groups while training and prunes at the scheduled steps (FedSpine step 4)."""
+
+    def __init__(self, res, peft_model, kept, plan: DevicePlan, steps: int, data) -> None:
+        self.res, self.model, self.kept, self.plan, self.data = res, peft_model, kept, plan, data
+        cfg = res.config
+        self.batch, self.seq = cfg.train.batch_size, cfg.data.max_seq_len
+        start = sparsity_report(kept, res.base.model.config)["structure_sparsity"]
+        self.active = plan.target_sparsity > start + 1e-9 and not plan.prune_one_shot
+        points = prune_points(steps, cfg.pruning.prune_interval)
+        self.schedule = dict(zip(points, sparsity_schedule(start, plan.target_sparsity,
+                                                           len(points))))
+        self.importance = (make_importance(cfg.pruning.importance, peft_model,
+                                           res.base.adapter, beta=cfg.pruning.ema_beta)
+                           if self.active else None)
+        self.flops = 0.0
+        self.optimizer = None
+
+    def after_backward(self, step: int) -> None:
+        self.flops += training_flops(self.model, self.batch, self.seq)
+        if self.importance is not None:
+            self.importance.update()
+
+    def after_step(self, step: int) -> None:
+        if self.importance is None or step not in self.schedule:
+            return
+        self.kept = prune_step(self.model, self.res.base.adapter, self.importance.scores(),
+                               self.kept, self.schedule[step], self.res.config.pruning.selection)
+        self.importance.reset()
+        self._rebuild_optimizer()
+
+    def _rebuild_optimizer(self) -> None:
+        """Sliced LoRA tensors are new parameters: the optimizer must track the new ones."""
+        cfg = self.res.config
+        fresh = make_optimizer(self.model, cfg.train.learning_rate, cfg.train.head_learning_rate,
+                               cfg.train.weight_decay, self.res.base.adapter.head_module_names)
+        self.optimizer.param_groups.clear()
+        self.optimizer.state.clear()
+        for group in fresh.param_groups:
+            self.optimizer.add_param_group(group)
+
+    def one_shot(self) -> None:
+        """Prune-then-tune: Taylor importance on one calibration batch, prune to target."""
+        importance = make_importance("taylor", self.model, self.res.base.adapter,
+                                     beta=0.0, calibration=self.data.batch(
+                                         list(range(min(len(self.data), 4 * self.batch)))))
+        self.kept = prune_step(self.model, self.res.base.adapter, importance.scores(), self.kept,
+                               self.plan.target_sparsity, self.res.config.pruning.selection)
+
+
+def evaluate_device_model(res: RunResources, kept: KeptIndices | None, rank: int,
+                          factors: dict[str, LoraFactors], head: dict[str, torch.Tensor],
+                          data) -> dict[str, float]:
+    """Accuracy of a device's pruned structure with the given LoRA and head on `data`."""
+    cfg = res.config
+    model = build_pruned_model(res.base.model, kept)
+    peft_model = attach_lora(model, res.base.adapter, rank, cfg.model.lora_alpha_per_rank,
+                             0.0, seed=0)
+    set_lora_factors(peft_model, factors)
+    set_head_state(peft_model, head)
+    return evaluate(peft_model, data)

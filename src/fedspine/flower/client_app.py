@@ -1,0 +1,68 @@
+"""Flower ClientApp: translates a train message into one device round and back.
+
+The device is `node_config["partition-id"]`; its data partition and simulated hardware profile
+follow from the run config carried in the message, so the same app works in simulation and on
+SuperNodes. The base model is loaded once per process (`load_resources` caches it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedspine import protocol as P
+from fedspine.device_round import DevicePlan, run_device_round
+from fedspine.pruning import KeptIndices
+from fedspine.resources import load_resources
+
+app = ClientApp()
+
+
+def _threads() -> None:
+    """One torch thread per simulated client: two clients share two cores without thrashing."""
+    torch.set_num_threads(int(os.environ.get("FEDSPINE_CLIENT_THREADS", "1")))
+
+
+@app.query()
+def describe(msg: Message, context: Context) -> Message:
+    """Registration: the device says who it is and its hardware class (as a real one would)."""
+    _threads()
+    res = load_resources(str(msg.content[P.PLAN][P.CONFIG_JSON]))
+    device = res.fleet[int(context.node_config["partition-id"])]
+    meta = ConfigRecord({P.DEVICE_ID: device.device_id, P.TIER: device.tier})
+    return Message(content=RecordDict({P.DEVICE_META: meta}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    start = time.perf_counter()
+    _threads()
+    plan_record = msg.content[P.PLAN]
+    # 1. Resources of this run (cached per process) and this device's identity.
+    res = load_resources(str(plan_record[P.CONFIG_JSON]))
+    device = res.fleet[int(context.node_config["partition-id"])]
+    # 2. The plan, the device's kept-index map and the down-linked LoRA.
+    kept_json = str(plan_record[P.KEPT_JSON])
+    kept = KeptIndices.from_dict(json.loads(kept_json)) if kept_json else None
+    plan = DevicePlan(int(plan_record[P.ROUND]), int(plan_record[P.LORA_RANK]), float(plan_record[P.TARGET_SPARSITY]),
+                      bool(plan_record[P.PRUNE_ONE_SHOT]), int(plan_record[P.LOCAL_STEPS]))
+    factors = P.tensors_to_factors(msg.content[P.LORA].to_torch_state_dict())
+    head = msg.content[P.HEAD].to_torch_state_dict()
+    # 3. Train and prune locally, costed on the simulated clock.
+    result = run_device_round(res, device, plan, kept, factors, head)
+    # 4. Reply: LoRA in the device's own coordinates and rank, its kept map and its report.
+    metrics = {**result.metrics, P.OK: int(result.ok), P.HANDLER_WALL_S: time.perf_counter() - start}
+    meta = {P.DEVICE_ID: device.device_id, P.TIER: device.tier, P.ERROR: result.error,
+            P.KEPT_JSON: json.dumps(result.kept.to_dict()) if result.kept else ""}
+    content = RecordDict({
+        P.LORA: ArrayRecord(torch_state_dict=P.factors_to_tensors(result.factors)),
+        P.HEAD: ArrayRecord(torch_state_dict=result.head),
+        P.REPORT: MetricRecord({k: float(v) for k, v in metrics.items()}),
+        P.DEVICE_META: ConfigRecord(meta),
+    })
+    return Message(content=content, reply_to=msg)

@@ -1,0 +1,97 @@
+"""The server's global LoRA: full width, maximum rank; down-link per device and aggregation.
+
+Global factors are kept in peft's own representation (delta = s * B @ A) with one scaling s
+for every rank (lora_alpha = alpha_per_rank * rank), so factors move between ranks without
+rescaling. No Flower here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from fedspine.lora.aggregation import (
+    DeviceLoraUpdate,
+    LoraFactors,
+    aggregate_masked_svd,
+    aggregate_zero_pad,
+    average_tensors,
+    fedavg_factors,
+    restrict_and_truncate,
+)
+
+
+def _scale(factors: dict[str, LoraFactors], by: float) -> dict[str, LoraFactors]:
+    """Multiply both factors by sqrt(by): moves between delta = B@A and delta = s*B@A."""
+    root = math.sqrt(by)
+    return {n: LoraFactors(A=f.A * root, B=f.B * root) for n, f in factors.items()}
+
+
+@dataclass
+class DeviceUpload:
+    factors: dict[str, LoraFactors]
+    rows: dict[str, torch.Tensor | None]
+    cols: dict[str, torch.Tensor | None]
+    head: dict[str, torch.Tensor]
+    num_examples: int
+
+
+@dataclass
+class GlobalLora:
+    factors: dict[str, LoraFactors]  # full width, rank = max_rank, peft representation
+    head: dict[str, torch.Tensor]
+    scaling: float
+    max_rank: int
+    aggregation: str  # "fedavg" | "zero-pad" | "masked-svd"
+
+    def full_shapes(self) -> dict[str, tuple[int, int]]:
+        return {n: (f.B.shape[0], f.A.shape[1]) for n, f in self.factors.items()}
+
+    def downlink(self, rows: dict, cols: dict, rank: int) -> dict[str, LoraFactors]:
+        """The global LoRA restricted to a device's kept coordinates, at the device's rank."""
+        if self.aggregation == "masked-svd":
+            folded = _scale(self.factors, self.scaling)
+            out = {}
+            for name, f in folded.items():
+                one = restrict_and_truncate({name: f}, {name: rows.get(name)},
+                                            {name: cols.get(name)}, rank, self.scaling)
+                out[name] = one[name]
+            return out
+        return {n: _slice(f, rows.get(n), cols.get(n), rank) for n, f in self.factors.items()}
+
+    def aggregate(self, uploads: list[DeviceUpload]) -> None:
+        """Replace the global state with the aggregation of this round's uploads."""
+        if not uploads:
+            return
+        self.head = {
+            key: average_tensors([u.head[key] for u in uploads],
+                                 [float(u.num_examples) for u in uploads])
+            for key in self.head
+        }
+        if self.aggregation == "fedavg":
+            self.factors = fedavg_factors([_as_update(u, 1.0) for u in uploads])
+            return
+        if self.aggregation == "zero-pad":
+            self.factors = aggregate_zero_pad([_as_update(u, 1.0) for u in uploads],
+                                              self.full_shapes(), self.max_rank)
+            return
+        merged = aggregate_masked_svd([_as_update(u, self.scaling) for u in uploads],
+                                      self.full_shapes(), self.max_rank)
+        self.factors = _scale(merged, 1.0 / self.scaling)
+
+
+def _as_update(upload: DeviceUpload, scaling: float) -> DeviceLoraUpdate:
+    return DeviceLoraUpdate(factors=upload.factors, scaling=scaling, rows=upload.rows,
+                            cols=upload.cols, num_examples=upload.num_examples)
+
+
+def _slice(f: LoraFactors, rows, cols, rank: int) -> LoraFactors:
+    """HetLoRA-style down-link: keep the first `rank` components and the kept coordinates."""
+    A, B = f.A[:rank], f.B[:, :rank]
+    if cols is not None:
+        A = A[:, cols]
+    if rows is not None:
+        B = B[rows]
+    return LoraFactors(A=A.clone(), B=B.clone())

@@ -1,0 +1,361 @@
+"""Server-side LoRA math across ranks and pruned widths (method.md steps 3 and 7). Pure torch.
+
+Conventions
+* A device's module has A (r_i, in_kept), B (out_kept, r_i) and peft scaling s_i = alpha / r_i;
+  its weight delta is s_i * B @ A in its own kept coordinates. ``rows`` / ``cols`` give the
+  kept output rows / input columns in full-width coordinates (None = all kept).
+* Every aggregator returns global factors at full width in the *scaling-1* convention:
+  B @ A is the global delta. The down-link functions put each device's scaling back.
+
+Aggregators (``AGGREGATORS``, all called as ``f(updates, full_shapes, max_rank, previous)``)
+* ``masked-svd`` [our choice]: map each s_i B_i A_i to full width, average each coordinate
+  only over the devices that kept it (example-count weights), so a coordinate pruned by some
+  devices is not diluted toward zero; a coordinate no participant kept keeps its value in
+  ``previous`` (the last global state; zero without one). Re-factorise to ``max_rank`` by
+  truncated SVD. With no pruning this is FlexLoRA's aggregation.
+* ``zero-pad`` (HetLoRA): zero-pad A and B to ``max_rank`` and full width, average A and B
+  separately. Scaling is folded in symmetrically (sqrt(s_i) into each factor) so ranks with
+  different alpha / r are comparable; with equal scalings this is exactly FedIT's average.
+* ``fedavg`` (FedIT): equal ranks and shapes, no pruning: average A and B separately.
+
+Why averaging full deltas (not differences) is consistent: with the SVD down-link a device
+starts its round from nonzero factors that reproduce the global delta restricted to its kept
+coordinates, so the factors it uploads encode the *whole* delta (global + its local progress).
+The weighted mean of whole deltas is the old global delta plus the weighted mean progress,
+which is what FedAvg computes; a device must therefore never subtract the global part itself.
+
+Down-link
+* ``restrict_and_truncate`` [our choice, FlexLoRA-style]: slice the global delta to the device's
+  kept rows / cols, truncated SVD to its rank r, split sqrt(S / s) symmetrically between B and A
+  so s * B @ A is the best rank-r approximation.
+* ``restrict_and_slice`` (HetLoRA / FedIT): take the first r rank components of each factor.
+Null components: an SVD component with a (numerically) zero singular value, or a rank beyond
+the restricted matrix's size, would give a zero row of A *and* a zero column of B, which never
+receive gradient again. Such components get peft's default init instead: A row kaiming-uniform
+(seeded, bound 1 / sqrt(in)), B column zero, which leaves s * B @ A unchanged. A zero delta
+(round 1) therefore gives exactly peft's fresh adapter: random A, B == 0, no NaN.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+Shape = tuple[int, int]
+
+
+@dataclass
+class LoraFactors:
+    """One LoRA module's factors; delta = scaling * B @ A."""
+
+    A: Tensor  # (r, in_kept)
+    B: Tensor  # (out_kept, r)
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[0])
+
+    def delta(self, scaling: float = 1.0) -> Tensor:
+        """scaling * B @ A, computed in at least float32."""
+        dtype = _compute_dtype(self.A)
+        return scaling * (self.B.to(dtype) @ self.A.to(dtype))
+
+
+@dataclass
+class DeviceLoraUpdate:
+    """What one device uploads: factors in its own kept coordinates and rank."""
+
+    factors: dict[str, LoraFactors]
+    scaling: dict[str, float] | float  # peft scaling alpha / r, per module or one value
+    rows: dict[str, Tensor | None]  # kept output rows in full coordinates; missing/None = all
+    cols: dict[str, Tensor | None]  # kept input cols in full coordinates; missing/None = all
+    num_examples: int
+
+
+def _compute_dtype(tensor: Tensor) -> torch.dtype:
+    return torch.promote_types(tensor.dtype, torch.float32)
+
+
+def _scaling_of(scaling: Mapping[str, float] | float, name: str) -> float:
+    return float(scaling[name]) if isinstance(scaling, Mapping) else float(scaling)
+
+
+def _full_index(index: Tensor | None, size: int) -> Tensor:
+    return torch.arange(size) if index is None else index.to(torch.long)
+
+
+def _kept_indices(
+    update: DeviceLoraUpdate, name: str, full_shape: Shape
+) -> tuple[Tensor, Tensor]:
+    """The update's kept rows / cols for a module, checked against its factor shapes."""
+    rows = _full_index(update.rows.get(name), full_shape[0])
+    cols = _full_index(update.cols.get(name), full_shape[1])
+    factors = update.factors[name]
+    if factors.B.shape[0] != len(rows) or factors.A.shape[1] != len(cols):
+        raise ValueError(f"{name}: factors B {tuple(factors.B.shape)} / A {tuple(factors.A.shape)}"
+                         f" do not match {len(rows)} kept rows / {len(cols)} kept cols")
+    if factors.A.shape[0] != factors.B.shape[1]:
+        raise ValueError(f"{name}: A rank {factors.A.shape[0]} != B rank {factors.B.shape[1]}")
+    return rows, cols
+
+
+def _example_weights(updates: list[DeviceLoraUpdate]) -> list[float]:
+    """Example counts as weights; equal weights if every count is zero."""
+    if not updates:
+        raise ValueError("no device updates to aggregate")
+    counts = [float(max(update.num_examples, 0)) for update in updates]
+    return counts if sum(counts) > 0 else [1.0] * len(updates)
+
+
+def _check_names(updates: list[DeviceLoraUpdate], full_shapes: Mapping[str, Shape]) -> None:
+    for update in updates:
+        unknown = set(update.factors) - set(full_shapes)
+        if unknown:
+            raise ValueError(f"update has LoRA modules with no full shape: {sorted(unknown)}")
+
+
+def to_full_delta(
+    update: DeviceLoraUpdate, name: str, full_shape: Shape
+) -> tuple[Tensor, Tensor]:
+    """(s * B @ A placed at full width with zeros elsewhere, bool mask of kept coordinates)."""
+    rows, cols = _kept_indices(update, name, full_shape)
+    local = update.factors[name].delta(_scaling_of(update.scaling, name))
+    delta = torch.zeros(full_shape, dtype=local.dtype)
+    mask = torch.zeros(full_shape, dtype=torch.bool)
+    grid = (rows.unsqueeze(1), cols.unsqueeze(0))
+    delta[grid] = local
+    mask[grid] = True
+    return delta, mask
+
+
+def _factorise(delta: Tensor, rank: int) -> LoraFactors:
+    """Best rank-`rank` factors (scaling 1), singular values split evenly; zero-padded."""
+    U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
+    k = min(rank, S.numel())
+    root = S[:k].sqrt()
+    B = torch.zeros(delta.shape[0], rank, dtype=delta.dtype)
+    A = torch.zeros(rank, delta.shape[1], dtype=delta.dtype)
+    B[:, :k] = U[:, :k] * root
+    A[:k] = root.unsqueeze(1) * Vh[:k]
+    return LoraFactors(A=A, B=B)
+
+
+def _previous_delta(
+    previous: Mapping[str, LoraFactors] | None, name: str, shape: Shape
+) -> Tensor:
+    if previous is not None and name in previous:
+        return previous[name].delta()
+    return torch.zeros(shape)
+
+
+def _masked_mean(updates: list[DeviceLoraUpdate], weights: list[float], name: str,
+                 fallback: Tensor) -> Tensor:
+    """Example-weighted mean of each coordinate over the devices that kept it, else fallback."""
+    total = torch.zeros_like(fallback)
+    cover = torch.zeros_like(fallback)
+    for update, weight in zip(updates, weights, strict=True):
+        if name in update.factors:
+            delta, mask = to_full_delta(update, name, tuple(fallback.shape))
+            total += weight * delta.to(total.dtype)
+            cover += weight * mask
+    return torch.where(cover > 0, total / cover.clamp_min(1e-30), fallback)
+
+
+def aggregate_masked_svd(
+    updates: list[DeviceLoraUpdate],
+    full_shapes: Mapping[str, Shape],
+    max_rank: int,
+    previous: Mapping[str, LoraFactors] | None = None,
+) -> dict[str, LoraFactors]:
+    """Per-coordinate example-weighted mean over the devices that kept it, re-factorised.
+
+    Returned factors have scaling 1 and rank ``max_rank`` (zero components pad a lower rank).
+    """
+    _check_names(updates, full_shapes)
+    weights = _example_weights(updates)
+    result = {}
+    for name, shape in full_shapes.items():
+        dtypes = [_compute_dtype(u.factors[name].A) for u in updates if name in u.factors]
+        dtype = torch.float64 if torch.float64 in dtypes else torch.float32
+        fallback = _previous_delta(previous, name, shape).to(dtype)
+        result[name] = _factorise(_masked_mean(updates, weights, name, fallback), max_rank)
+    return result
+
+
+def _padded_factors(
+    update: DeviceLoraUpdate, name: str, shape: Shape, max_rank: int
+) -> LoraFactors:
+    """Factors zero-padded to full width and `max_rank`, sqrt(scaling) folded into each."""
+    rows, cols = _kept_indices(update, name, shape)
+    factors = update.factors[name]
+    if factors.rank > max_rank:
+        raise ValueError(f"{name}: device rank {factors.rank} exceeds max_rank {max_rank}")
+    dtype = _compute_dtype(factors.A)
+    root = math.sqrt(_scaling_of(update.scaling, name))
+    A = torch.zeros(max_rank, shape[1], dtype=dtype)
+    B = torch.zeros(shape[0], max_rank, dtype=dtype)
+    A[: factors.rank, cols] = root * factors.A.to(dtype)
+    B[rows, : factors.rank] = root * factors.B.to(dtype)
+    return LoraFactors(A=A, B=B)
+
+
+def aggregate_zero_pad(
+    updates: list[DeviceLoraUpdate],
+    full_shapes: Mapping[str, Shape],
+    max_rank: int,
+    previous: Mapping[str, LoraFactors] | None = None,
+) -> dict[str, LoraFactors]:
+    """HetLoRA: zero-pad to max rank and full width, average A and B separately.
+
+    ``previous`` is used only for a module no device sent (it is kept as it was).
+    """
+    _check_names(updates, full_shapes)
+    weights = _example_weights(updates)
+    result = {}
+    for name, shape in full_shapes.items():
+        padded = [(w, _padded_factors(u, name, shape, max_rank))
+                  for u, w in zip(updates, weights, strict=True) if name in u.factors]
+        if not padded:
+            result[name] = previous[name] if previous and name in previous else _factorise(
+                torch.zeros(shape), max_rank)
+            continue
+        total = sum(w for w, _ in padded)
+        result[name] = LoraFactors(A=sum(w * f.A for w, f in padded) / total,
+                                   B=sum(w * f.B for w, f in padded) / total)
+    return result
+
+
+def fedavg_factors(updates: list[DeviceLoraUpdate]) -> dict[str, LoraFactors]:
+    """FedIT: same modules, ranks and shapes on every device, no pruning; average A and B."""
+    reference = updates[0].factors if updates else {}
+    if any(any(i is not None for i in (*u.rows.values(), *u.cols.values())) for u in updates):
+        raise ValueError("fedavg needs unpruned devices (rows / cols None): use masked-svd")
+    full_shapes = {name: (f.B.shape[0], f.A.shape[1]) for name, f in reference.items()}
+    for update in updates:
+        if set(update.factors) != set(reference):
+            raise ValueError("fedavg needs the same LoRA modules on every device")
+        for name, factors in update.factors.items():
+            same = (factors.A.shape, factors.B.shape) == (reference[name].A.shape,
+                                                          reference[name].B.shape)
+            if not same:
+                raise ValueError(f"fedavg needs equal ranks and shapes; {name} differs: "
+                                 "use zero-pad or masked-svd")
+    ranks = {f.rank for f in reference.values()}
+    return aggregate_zero_pad(updates, full_shapes, max(ranks, default=0))
+
+
+def _fedavg_aggregator(
+    updates: list[DeviceLoraUpdate],
+    full_shapes: Mapping[str, Shape],
+    max_rank: int,
+    previous: Mapping[str, LoraFactors] | None = None,
+) -> dict[str, LoraFactors]:
+    """Registry adapter: fedavg ignores max_rank and previous; shapes must be the full ones."""
+    result = fedavg_factors(updates)
+    for name, factors in result.items():
+        if (factors.B.shape[0], factors.A.shape[1]) != tuple(full_shapes[name]):
+            raise ValueError(f"fedavg needs unpruned modules; {name} is not full width")
+    return result
+
+
+Aggregator = Callable[..., dict[str, LoraFactors]]
+AGGREGATORS: dict[str, Aggregator] = {
+    "masked-svd": aggregate_masked_svd,
+    "zero-pad": aggregate_zero_pad,
+    "fedavg": _fedavg_aggregator,
+}
+
+
+def _init_generator(seed: int, name: str) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
+
+
+def peft_init_a(rank: int, in_features: int, generator: torch.Generator,
+                dtype: torch.dtype = torch.float32) -> Tensor:
+    """peft's default LoRA A init: kaiming-uniform with a = sqrt(5), i.e. U(+-1/sqrt(in))."""
+    bound = 1.0 / math.sqrt(max(in_features, 1))
+    return (torch.rand(rank, in_features, generator=generator, dtype=dtype) * 2 - 1) * bound
+
+
+def _split_for_device(
+    local: Tensor, rank: int, scaling: float, generator: torch.Generator
+) -> LoraFactors:
+    """Rank-`rank` factors with scaling * B @ A = best approximation of `local`."""
+    U, S, Vh = torch.linalg.svd(local, full_matrices=False)
+    tolerance = S.max() * max(local.shape) * torch.finfo(local.dtype).eps if S.numel() else 0.0
+    live = int((S[:rank] > tolerance).sum())  # S is sorted, so live components form a prefix
+    A = peft_init_a(rank, local.shape[1], generator, local.dtype)
+    B = torch.zeros(local.shape[0], rank, dtype=local.dtype)
+    root = (S[:live] / scaling).sqrt()
+    A[:live] = root.unsqueeze(1) * Vh[:live]
+    B[:, :live] = U[:, :live] * root
+    return LoraFactors(A=A, B=B)
+
+
+def restrict_and_truncate(
+    global_factors: Mapping[str, LoraFactors],
+    rows: Mapping[str, Tensor | None],
+    cols: Mapping[str, Tensor | None],
+    rank: int,
+    scaling: Mapping[str, float] | float,
+    seed: int = 0,
+) -> dict[str, LoraFactors]:
+    """Down-link: the device's slice of the global delta, truncated SVD to `rank`."""
+    result = {}
+    for name, factors in global_factors.items():
+        delta = factors.delta()
+        kept_rows = _full_index(rows.get(name), delta.shape[0])
+        kept_cols = _full_index(cols.get(name), delta.shape[1])
+        local = delta[kept_rows][:, kept_cols]
+        result[name] = _split_for_device(local, rank, _scaling_of(scaling, name),
+                                         _init_generator(seed, name))
+    return result
+
+
+def restrict_and_slice(
+    global_factors: Mapping[str, LoraFactors],
+    rows: Mapping[str, Tensor | None],
+    cols: Mapping[str, Tensor | None],
+    rank: int,
+    scaling: Mapping[str, float] | float,
+) -> dict[str, LoraFactors]:
+    """Down-link for zero-pad / fedavg globals: first `rank` components, kept rows / cols."""
+    result = {}
+    for name, factors in global_factors.items():
+        if rank > factors.rank:
+            raise ValueError(f"{name}: rank {rank} exceeds the global rank {factors.rank}")
+        root = math.sqrt(_scaling_of(scaling, name))
+        kept_rows = _full_index(rows.get(name), factors.B.shape[0])
+        kept_cols = _full_index(cols.get(name), factors.A.shape[1])
+        result[name] = LoraFactors(A=factors.A[:rank][:, kept_cols] / root,
+                                   B=factors.B[kept_rows][:, :rank] / root)
+    return result
+
+
+def initial_global_factors(full_shapes: Mapping[str, Shape], rank: int, seed: int = 0
+                           ) -> dict[str, LoraFactors]:
+    """A fresh global adapter (peft init: random A, B == 0): every device starts from one A."""
+    return {name: LoraFactors(A=peft_init_a(rank, shape[1], _init_generator(seed, name)),
+                              B=torch.zeros(shape[0], rank))
+            for name, shape in full_shapes.items()}
+
+
+def average_tensors(tensors: list[Tensor], weights: list[float]) -> Tensor:
+    """Weighted mean of same-shape tensors (e.g. the classifier head); equal weights if all 0."""
+    if not tensors or len(tensors) != len(weights):
+        raise ValueError(f"need as many weights as tensors (>= 1), got "
+                         f"{len(tensors)} / {len(weights)}")
+    if any(t.shape != tensors[0].shape for t in tensors):
+        raise ValueError("average_tensors needs tensors of one shape")
+    if any(w < 0 for w in weights):
+        raise ValueError("weights must be >= 0")
+    total = sum(weights)
+    norm = [w / total for w in weights] if total > 0 else [1.0 / len(tensors)] * len(tensors)
+    dtype = _compute_dtype(tensors[0])
+    mean = sum(w * t.to(dtype) for w, t in zip(norm, tensors, strict=True))
+    return mean.to(tensors[0].dtype)

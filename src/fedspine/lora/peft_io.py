@@ -1,0 +1,95 @@
+"""Attach peft LoRA to a (possibly pruned) base and move LoRA factors and head weights in/out.
+
+LoRA modules are named by their path in the base model (e.g.
+`bert.encoder.layer.0.attention.self.query`), the same names the pruning engine's kept-index
+maps and the aggregation use, so a device's factors can be mapped back to full width.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import LoraLayer
+
+from fedspine.lora.aggregation import LoraFactors
+from fedspine.models.families import FamilyAdapter
+
+_PEFT_PREFIX = "base_model.model."
+_SAVED = "modules_to_save.default."
+
+
+def attach_lora(
+    model: torch.nn.Module, adapter: FamilyAdapter, rank: int, alpha_per_rank: float,
+    dropout: float, seed: int,
+) -> torch.nn.Module:
+    """Wrap `model` with LoRA of `rank` on the family's projections; the task head trains fully."""
+    torch.manual_seed(seed)
+    lora_config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha_per_rank * rank,
+        lora_dropout=dropout,
+        target_modules=list(adapter.lora_target_modules),
+        modules_to_save=list(adapter.head_module_names),
+        task_type="SEQ_CLS",
+    )
+    return get_peft_model(model, lora_config)
+
+
+def _strip(name: str) -> str:
+    return name[len(_PEFT_PREFIX):] if name.startswith(_PEFT_PREFIX) else name
+
+
+def lora_layers(peft_model: torch.nn.Module) -> dict[str, LoraLayer]:
+    return {
+        _strip(name): module
+        for name, module in peft_model.named_modules()
+        if isinstance(module, LoraLayer) and "default" in module.lora_A
+    }
+
+
+def lora_scaling(peft_model: torch.nn.Module) -> float:
+    """The (shared) peft scaling alpha / r of this model's LoRA layers."""
+    layer = next(iter(lora_layers(peft_model).values()))
+    return float(layer.scaling["default"])
+
+
+def get_lora_factors(peft_model: torch.nn.Module) -> dict[str, LoraFactors]:
+    return {
+        name: LoraFactors(
+            A=layer.lora_A["default"].weight.detach().clone(),
+            B=layer.lora_B["default"].weight.detach().clone(),
+        )
+        for name, layer in lora_layers(peft_model).items()
+    }
+
+
+@torch.no_grad()
+def set_lora_factors(peft_model: torch.nn.Module, factors: dict[str, LoraFactors]) -> None:
+    """Load factors; every LoRA layer must get a factor pair of its exact shape."""
+    layers = lora_layers(peft_model)
+    missing = set(layers) - set(factors)
+    if missing:
+        raise KeyError(f"no LoRA factors for {sorted(missing)[:3]}...")
+    for name, layer in layers.items():
+        layer.lora_A["default"].weight.copy_(factors[name].A)
+        layer.lora_B["default"].weight.copy_(factors[name].B)
+
+
+def get_head_state(peft_model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The fully trained task head's weights, keyed like `classifier.weight`."""
+    return {
+        _strip(name).replace(_SAVED, ""): param.detach().clone()
+        for name, param in peft_model.named_parameters()
+        if _SAVED in name
+    }
+
+
+@torch.no_grad()
+def set_head_state(peft_model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = {
+        _strip(name).replace(_SAVED, ""): param
+        for name, param in peft_model.named_parameters()
+        if _SAVED in name
+    }
+    for key, value in state.items():
+        params[key].copy_(value)

@@ -1,0 +1,88 @@
+"""Planners of the methods that need no bandit: fixed rank, rank by tier, one-shot, schedules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedspine.methods.base import Assignment, DeviceView
+
+
+def ramp_sparsity(round_num: int, rounds: int, final: float) -> float:
+    """Fixed iterative schedule: reach the final sparsity linearly by the middle of the run."""
+    ramp_rounds = max(1, rounds // 2)
+    return final * min(1.0, round_num / ramp_rounds)
+
+
+@dataclass
+class FixedPlanner:
+    """FedLoRA: one rank for every device, no pruning."""
+
+    rank: int
+
+    def assign(self, round_num: int, device: DeviceView, final_round: bool) -> Assignment:
+        return Assignment(self.rank, 0.0)
+
+    def observe(self, round_num: int, outcomes: list[dict]) -> list[dict]:
+        return [{} for _ in outcomes]
+
+
+@dataclass
+class TierRankPlanner(FixedPlanner):
+    """HetLoRA / FlexLoRA: each device takes the rank of the hardware tier it announced."""
+
+    tier_ranks: dict[str, int] | None = None
+
+    def assign(self, round_num: int, device: DeviceView, final_round: bool) -> Assignment:
+        ranks = self.tier_ranks or {}
+        return Assignment(ranks.get(device.declared_tier, self.rank), 0.0)
+
+
+@dataclass
+class OneShotPlanner(FixedPlanner):
+    """Prune-then-tune: a device prunes to the final target once, before its first training."""
+
+    final_sparsity: float = 0.5
+
+    def assign(self, round_num: int, device: DeviceView, final_round: bool) -> Assignment:
+        first = device.sparsity < self.final_sparsity - 1e-6
+        return Assignment(self.rank, self.final_sparsity, prune_one_shot=first)
+
+
+@dataclass
+class ScheduledPlanner(FixedPlanner):
+    """FedSpine-fixed: iterative prune-and-tune, one fixed schedule and rank for all devices."""
+
+    final_sparsity: float = 0.5
+    rounds: int = 20
+
+    def assign(self, round_num: int, device: DeviceView, final_round: bool) -> Assignment:
+        if final_round:
+            return Assignment(self.rank, self.final_sparsity)
+        target = ramp_sparsity(round_num, self.rounds, self.final_sparsity)
+        return Assignment(self.rank, max(target, device.sparsity))
+
+
+@dataclass
+class RandomPlanner:
+    """FedSpine-random: (sparsity, rank) drawn uniformly from the bandit's box (ablation)."""
+
+    final_sparsity: float
+    rank_min: int
+    rank_max: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
+
+    def assign(self, round_num: int, device: DeviceView, final_round: bool) -> Assignment:
+        log_rank = self.rng.uniform(np.log2(self.rank_min), np.log2(self.rank_max))
+        rank = int(np.clip(round(2**log_rank), self.rank_min, self.rank_max))
+        if final_round:
+            return Assignment(rank, self.final_sparsity)
+        target = self.rng.uniform(device.sparsity, self.final_sparsity)
+        return Assignment(rank, float(target))
+
+    def observe(self, round_num: int, outcomes: list[dict]) -> list[dict]:
+        return [{} for _ in outcomes]

@@ -1,0 +1,92 @@
+"""What one process needs for a run, built once per process from the resolved config.
+
+Server and every simulated client call `load_resources(config_json)`; the cache means a worker
+process loads the base model and tokenises the data once, not once per client call. All of it
+is derived deterministically from the config (seeded), so every process agrees on the split,
+the partition and the fleet without sending them around.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedspine.config import Config, FleetSection, config_from_dict, parse_tiers
+from fedspine.data.loading import TextDataset, load_dataset, train_test_split
+from fedspine.data.partition import partition_indices
+from fedspine.fleet.profiles import DeviceProfile, FleetSpec, TierSpec, make_fleet
+from fedspine.models.loading import LoadedModel, load_classifier
+from fedspine.train import TokenisedData, tokenise
+
+
+@dataclass
+class RunResources:
+    config: Config
+    base: LoadedModel
+    label_names: list[str]
+    train: TokenisedData
+    test: TokenisedData  # the held-out set for final accuracy
+    round_eval: TokenisedData  # fixed seeded subset of `test`, scored every round
+    partitions: list[list[int]]  # device id -> indices into `train`
+    fleet_spec: FleetSpec
+    fleet: list[DeviceProfile]
+
+
+def fleet_spec_from(section: FleetSection, seed: int) -> FleetSpec:
+    """Translate the config's fleet section (tier counts) into the simulator's spec (shares)."""
+    tiers = parse_tiers(section.tiers)
+    total = sum(count for *_, count in tiers)
+    return FleetSpec(
+        num_devices=section.num_devices,
+        tiers=tuple(TierSpec(name, tflops, mem, count / total) for name, tflops, mem, count in tiers),
+        efficiency=section.efficiency,
+        device_jitter=section.device_jitter,
+        bandwidth_mbps_range=(section.bandwidth_min_mbps, section.bandwidth_max_mbps),
+        bandwidth_drift=section.bandwidth_drift,
+        latency_s=section.latency_s,
+        power_switch_prob=section.power_switch_prob,
+        low_power_factor=section.low_power_factor,
+        round_noise=section.round_noise,
+        seed=seed,
+    )
+
+
+def _subsample(ds: TextDataset, limit: int, seed: int) -> TextDataset:
+    if limit <= 0 or len(ds.labels) <= limit:
+        return ds
+    keep = np.sort(np.random.default_rng(seed).choice(len(ds.labels), limit, replace=False))
+    return TextDataset([ds.texts[i] for i in keep], [ds.labels[i] for i in keep],
+                       ds.label_names, ds.name)
+
+
+def load_data(config: Config) -> tuple[TextDataset, TextDataset]:
+    data = config.data
+    full = load_dataset(data.dataset, data.text_column, data.label_column)
+    train, test = train_test_split(full, data.test_fraction, config.run.seed,
+                                   max_test=data.max_test_examples)
+    return _subsample(train, data.max_train_examples, config.run.seed), test
+
+
+def build_resources(config: Config) -> RunResources:
+    seed = config.run.seed
+    train_text, test_text = load_data(config)
+    base = load_classifier(config.model.source, len(train_text.label_names), seed)
+    max_len = config.data.max_seq_len
+    train = tokenise(train_text.texts, train_text.labels, base.tokenizer, max_len)
+    test = tokenise(test_text.texts, test_text.labels, base.tokenizer, max_len)
+    n_eval = min(config.data.round_eval_examples, len(test))
+    eval_idx = np.sort(np.random.default_rng(seed + 1).choice(len(test), n_eval, replace=False))
+    alpha = None if config.data.iid else config.data.dirichlet_alpha
+    partitions = partition_indices(train.labels, config.fleet.num_devices, alpha, seed)
+    spec = fleet_spec_from(config.fleet, seed)
+    return RunResources(config, base, list(train_text.label_names), train, test,
+                        test.subset(eval_idx.tolist()), partitions, spec, make_fleet(spec))
+
+
+@functools.lru_cache(maxsize=2)
+def load_resources(config_json: str) -> RunResources:
+    """Process-wide cache keyed by the exact resolved config."""
+    return build_resources(config_from_dict(json.loads(config_json)))

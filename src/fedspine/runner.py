@@ -1,0 +1,77 @@
+"""Run one method in Flower's Simulation Engine, in process, and publish its run directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from fedspine.config import Config, config_to_dict, config_to_toml
+from fedspine.report.progress import RunProgress
+from fedspine.report.record import CONFIG_FILE, SUMMARY_FILE, RunDirectory, write_json_atomic, write_text_atomic
+
+OFFLINE_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+def default_run_dir(config: Config) -> Path:
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.run.method}"
+
+
+def new_run_dir(config: Config, out: str | Path | None) -> RunDirectory:
+    run_dir = RunDirectory(Path(out) if out else default_run_dir(config))
+    write_text_atomic(run_dir.file(CONFIG_FILE), config_to_toml(config))
+    return run_dir
+
+
+def finish_run(config: Config, run_dir: RunDirectory, summary: dict[str, Any]) -> Path:
+    """Write the summary and plots into the partial dir, then publish it in one rename."""
+    from fedspine.report.plots import plot_run
+
+    write_json_atomic(run_dir.file(SUMMARY_FILE), summary)
+    plot_run(run_dir.path)
+    return run_dir.publish()
+
+
+def quiet_logs() -> None:
+    for name in ("flwr", "ray", "transformers", "datasets"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def simulate(config: Config, out: str | Path | None = None,
+             progress: RunProgress | None = None) -> Path:
+    """Run `config` on the Simulation Engine (one Ray actor per worker); return the run dir."""
+    os.environ.update(OFFLINE_ENV)
+    from flwr.simulation import run_simulation
+
+    from fedspine.flower.client_app import app as client_app
+    from fedspine.flower.server_app import make_server_app
+    from fedspine.resources import load_resources
+
+    load_resources(json.dumps(config_to_dict(config), sort_keys=True))  # fail fast, clearly
+    run_dir = new_run_dir(config, out)
+    outcome: dict[str, Any] = {}
+    server_app = make_server_app(config, run_dir, outcome, progress)
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+               "init_args": {"num_cpus": config.run.workers, "include_dashboard": False,
+                             "logging_level": "error", "log_to_driver": False}}
+    quiet_logs()
+    run_simulation(server_app=server_app, client_app=client_app,
+                   num_supernodes=config.fleet.num_devices, backend_config=backend)
+    if "error" in outcome:
+        run_dir.abandon()
+        raise outcome["error"]
+    if "summary" not in outcome:
+        run_dir.abandon()
+        raise RuntimeError("the simulation stopped before the run finished (see the log above)")
+    return finish_run(config, run_dir, outcome["summary"])

@@ -1,0 +1,157 @@
+"""Tokenised data, the local LoRA training loop and evaluation, shared by every method.
+
+No Flower here: the Flower apps call these functions and translate their results to messages.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class TokenisedData:
+    """Token ids without padding (a list per example) and labels; batches pad to their longest."""
+
+    input_ids: list[list[int]]
+    labels: list[int]
+    pad_token_id: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, indices: list[int] | np.ndarray) -> dict[str, torch.Tensor]:
+        rows = [self.input_ids[i] for i in indices]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
+        labels = torch.tensor([self.labels[i] for i in indices], dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def subset(self, indices: list[int]) -> TokenisedData:
+        return TokenisedData(
+            [self.input_ids[i] for i in indices], [self.labels[i] for i in indices],
+            self.pad_token_id,
+        )
+
+
+def tokenise(texts: list[str], labels: list[int], tokenizer, max_seq_len: int) -> TokenisedData:
+    """Tokenise once; texts longer than max_seq_len are truncated by the tokenizer."""
+    encoded = tokenizer(texts, truncation=True, max_length=max_seq_len, padding=False)
+    return TokenisedData(list(encoded["input_ids"]), list(labels), int(tokenizer.pad_token_id))
+
+
+def batch_stream(
+    num_examples: int, batch_size: int, seed: int
+) -> Iterator[np.ndarray]:
+    """Endless shuffled epochs over a device's local examples (seeded, reproducible)."""
+    rng = np.random.default_rng(seed)
+    size = min(batch_size, num_examples)
+    while True:
+        order = rng.permutation(num_examples)
+        for start in range(0, num_examples - size + 1, size):
+            yield order[start : start + size]
+
+
+@dataclass
+class LocalTrainStats:
+    """What a local run reports: probe loss before/after, work done, wall time."""
+
+    loss_before: float
+    loss_after: float
+    steps: int
+    examples: int
+    tokens: int
+    train_wall_s: float
+
+
+StepHook = Callable[[int], None]
+
+
+@torch.no_grad()
+def batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float:
+    was_training = model.training
+    model.eval()
+    loss = float(model(**batch).loss)
+    model.train(was_training)
+    return loss
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, head_lr: float, weight_decay: float,
+                   head_names: tuple[str, ...]) -> torch.optim.Optimizer:
+    """AdamW over trainable params; the new task head gets its own (higher) learning rate."""
+    head, lora = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_head = any(f".{h}." in f".{name}." for h in head_names)
+        (head if is_head else lora).append(param)
+    groups = [{"params": lora, "lr": lr}]
+    if head:
+        groups.append({"params": head, "lr": head_lr})
+    return torch.optim.AdamW(groups, weight_decay=weight_decay)
+
+
+def train_local(
+    model: torch.nn.Module,
+    data: TokenisedData,
+    steps: int,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    seed: int,
+    after_backward: StepHook | None = None,
+    after_step: StepHook | None = None,
+) -> LocalTrainStats:
+    """Run `steps` optimizer steps; hooks see the step number (1-based) for scoring/pruning.
+
+    `after_backward` runs while LoRA gradients exist (importance scoring reads them);
+    `after_step` runs after the update (pruning happens there, then training continues).
+    """
+    import time
+
+    stream = batch_stream(len(data), batch_size, seed)
+    probe = data.batch(next(batch_stream(len(data), batch_size, seed + 7919)))
+    loss_before = batch_loss(model, probe)
+    model.train()
+    examples = tokens = 0
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        batch = data.batch(next(stream))
+        loss = model(**batch).loss
+        if not math.isfinite(float(loss)):
+            raise FloatingPointError("local training diverged (loss is not finite)")
+        loss.backward()
+        if after_backward is not None:
+            after_backward(step)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        examples += batch["labels"].shape[0]
+        tokens += int(batch["input_ids"].numel())
+        if after_step is not None:
+            after_step(step)
+    train_wall_s = time.perf_counter() - start
+    model.eval()
+    return LocalTrainStats(loss_before, batch_loss(model, probe), steps, examples, tokens,
+                           train_wall_s)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: TokenisedData, batch_size: int = 32) -> dict[str, float]:
+    """Accuracy and mean cross-entropy over `data`, sorted by length so padding stays small."""
+    model.eval()
+    order = np.argsort([len(ids) for ids in data.input_ids])
+    correct, loss_sum = 0, 0.0
+    for start in range(0, len(order), batch_size):
+        batch = data.batch(order[start : start + batch_size])
+        out = model(**batch)
+        correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+        loss_sum += float(out.loss) * batch["labels"].shape[0]
+    n = max(len(data), 1)
+    return {"accuracy": correct / n, "loss": loss_sum / n}
