@@ -48,8 +48,9 @@ def test_low_power_scales_throughput_and_noise_is_bounded():
         factor = 0.6 if cond.low_power else 1.0
         assert cond.flops_per_s == pytest.approx(profile.flops_per_s * factor)
     noisy = FleetSpec(seed=3, power_switch_prob=0.0)
-    ratios = [conditions_at(profile, noisy, r).flops_per_s / profile.flops_per_s
-              for r in range(1, 200)]
+    ratios = [
+        conditions_at(profile, noisy, r).flops_per_s / profile.flops_per_s for r in range(1, 200)
+    ]
     assert all(0.9 <= ratio <= 1.1 for ratio in ratios)
     assert max(ratios) - min(ratios) > 0.1  # the +-10% noise is really applied
 

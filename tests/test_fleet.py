@@ -71,8 +71,10 @@ def test_each_device_within_jitter_of_its_tier():
 
 def test_tier_compute_ratio_matches_public_specs():
     fleet = make_fleet(FleetSpec(seed=2))
-    means = {name: statistics.mean(p.flops_per_s for p in group)
-             for name, group in _by_tier(fleet).items()}
+    means = {
+        name: statistics.mean(p.flops_per_s for p in group)
+        for name, group in _by_tier(fleet).items()
+    }
     ratio_nx = means["xavier-nx"] / means["tx2"]
     ratio_agx = means["agx-xavier"] / means["tx2"]
     assert ratio_nx == pytest.approx(6.0 / 1.3, rel=0.15)  # ~4.6

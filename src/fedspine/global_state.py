@@ -82,6 +82,24 @@ class GlobalLora:
         self.factors = _scale(merged, 1.0 / self.scaling)
 
 
+def update_norm(global_lora: GlobalLora, upload: DeviceUpload) -> float:
+    """Frobenius norm of what the device changed this round, in its own kept coordinates.
+
+    The device's delta minus the global delta restricted to the same coordinates: the
+    "importance of the LoRA update" term of FedSpine's reward.
+    """
+    total = 0.0
+    s = global_lora.scaling
+    for name, factors in upload.factors.items():
+        g = global_lora.factors[name]
+        rows, cols = upload.rows.get(name), upload.cols.get(name)
+        g_B = g.B if rows is None else g.B[rows]
+        g_A = g.A if cols is None else g.A[:, cols]
+        change = s * (factors.B @ factors.A) - s * (g_B @ g_A)
+        total += float(change.pow(2).sum())
+    return math.sqrt(total)
+
+
 def _as_update(upload: DeviceUpload, scaling: float) -> DeviceLoraUpdate:
     return DeviceLoraUpdate(factors=upload.factors, scaling=scaling, rows=upload.rows,
                             cols=upload.cols, num_examples=upload.num_examples)

@@ -17,7 +17,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedspine import protocol as P
 from fedspine.evaluation import kept_rows_cols
-from fedspine.global_state import DeviceUpload, GlobalLora
+from fedspine.global_state import DeviceUpload, GlobalLora, update_norm
 from fedspine.methods.base import DeviceView, Method, Planner
 from fedspine.pruning import KeptIndices
 from fedspine.resources import RunResources
@@ -125,6 +125,7 @@ class FedspineStrategy(Strategy):
         factors = P.tensors_to_factors(reply.content[P.LORA].to_torch_state_dict())
         upload = DeviceUpload(factors, rows, cols, reply.content[P.HEAD].to_torch_state_dict(),
                               int(report[P.NUM_EXAMPLES]))
+        outcome["update_norm"] = update_norm(self.global_lora, upload)
         return outcome, upload
 
     def configure_evaluate(self, server_round, arrays, config, grid) -> Iterable[Message]:
