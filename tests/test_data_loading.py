@@ -146,8 +146,13 @@ def test_very_long_texts_are_kept_whole(tmp_path: Path) -> None:
 
 
 def test_empty_texts_are_dropped_with_a_counted_warning(tmp_path: Path) -> None:
-    rows = [*ROWS, {"text": "", "label": "ham"}, {"text": "   ", "label": "spam"},
-            {"text": None, "label": "ham"}, {"text": "no label", "label": None}]
+    rows = [
+        *ROWS,
+        {"text": "", "label": "ham"},
+        {"text": "   ", "label": "spam"},
+        {"text": None, "label": "ham"},
+        {"text": "no label", "label": None},
+    ]
     with pytest.warns(UserWarning, match="dropped 4 of 9 rows"):
         ds = load_dataset(str(write_jsonl(tmp_path / "gaps.jsonl", rows)))
     assert_same_as_rows(ds, ROWS)
@@ -213,12 +218,14 @@ def test_header_only_csv_and_blank_jsonl_have_no_rows(tmp_path: Path) -> None:
 
 
 def test_all_texts_empty(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "", "label": "a"}, {"text": " ", "label": "b"}])
+    rows = [{"text": "", "label": "a"}, {"text": " ", "label": "b"}]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
     assert "no usable rows" in load_error(path)
 
 
 def test_only_one_class(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "x", "label": "a"}, {"text": "y", "label": "a"}])
+    rows = [{"text": "x", "label": "a"}, {"text": "y", "label": "a"}]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
     message = load_error(path)
     assert "only one class" in message and "'a'" in message
 

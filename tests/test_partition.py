@@ -24,6 +24,7 @@ def mean_label_entropy(labels: list[int], parts: list[list[int]]) -> float:
     return float(np.mean(entropies))
 
 
+@pytest.mark.filterwarnings("ignore:Dirichlet")
 @pytest.mark.parametrize("alpha", [None, 0.05, 0.5, 5.0])
 def test_partitions_cover_every_index_once_and_none_is_empty(alpha: float | None) -> None:
     parts = partition_indices(LABELS, num_partitions=20, alpha=alpha, seed=3)
@@ -41,7 +42,10 @@ def test_min_size_is_respected() -> None:
 def test_smaller_alpha_gives_more_label_skew() -> None:
     entropy = {
         alpha: np.mean(
-            [mean_label_entropy(LABELS, partition_indices(LABELS, 10, alpha, seed)) for seed in range(3)]
+            [
+                mean_label_entropy(LABELS, partition_indices(LABELS, 10, alpha, seed))
+                for seed in range(3)
+            ]
         )
         for alpha in (0.1, 1.0, 100.0)
     }
@@ -92,10 +96,18 @@ def test_more_devices_than_examples_names_the_fix() -> None:
         partition_indices([0, 1] * 10, num_partitions=5, alpha=1.0, seed=0, min_size=5)
 
 
-def test_unreachable_dirichlet_min_size_is_a_data_error() -> None:
-    labels = [i % 2 for i in range(100)]
-    with pytest.raises(DataError, match="raise alpha"):
-        partition_indices(labels, num_partitions=10, alpha=0.01, seed=0, min_size=10)
+def test_short_devices_are_topped_up_when_dirichlet_cannot_fill_them() -> None:
+    labels = [i % 2 for i in range(100)]  # 2 classes over 10 devices at tiny alpha: most empty
+    with pytest.warns(UserWarning, match="moved"):
+        parts = partition_indices(labels, num_partitions=10, alpha=0.01, seed=0, min_size=10)
+    assert [len(part) for part in parts] == [10] * 10
+    assert sorted(i for part in parts for i in part) == list(range(100))
+
+
+def test_tiny_alpha_with_many_devices_stays_skewed() -> None:
+    with pytest.warns(UserWarning, match="moved"):
+        parts = partition_indices(LABELS, num_partitions=20, alpha=0.05, seed=3)
+    assert mean_label_entropy(LABELS, parts) < 1.0
 
 
 def test_bad_arguments_are_config_errors() -> None:

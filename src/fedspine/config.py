@@ -82,6 +82,7 @@ class FleetSection:
     power_switch_prob: float = 0.05  # chance per round of switching power mode
     low_power_factor: float = 0.6  # throughput multiplier in low-power mode
     round_noise: float = 0.1  # +-10% per-round throughput noise
+    memory_usable_fraction: float = 0.5  # share of a board's shared CPU/GPU memory training may use
 
 
 @dataclass(frozen=True)

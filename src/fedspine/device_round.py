@@ -91,7 +91,7 @@ def run_device_round(
         set_head_state(peft_model, down_head)
     seq_len = cfg.data.max_seq_len
     memory = training_memory_bytes(peft_model, cfg.train.batch_size, seq_len)
-    if exceeds_budget(memory, device):
+    if exceeds_budget(memory, device, res.fleet_spec.memory_usable_fraction):
         return DeviceResult(ok=False, kept=kept, error=(
             f"training needs {memory / 2**20:.0f} MB, over the device's budget"),
             metrics={"train_memory_mb": memory / 2**20})

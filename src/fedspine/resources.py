@@ -50,6 +50,7 @@ def fleet_spec_from(section: FleetSection, seed: int) -> FleetSpec:
         power_switch_prob=section.power_switch_prob,
         low_power_factor=section.low_power_factor,
         round_noise=section.round_noise,
+        memory_usable_fraction=section.memory_usable_fraction,
         seed=seed,
     )
 

