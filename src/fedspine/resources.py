@@ -81,7 +81,8 @@ def build_resources(config: Config) -> RunResources:
     n_eval = min(config.data.round_eval_examples, len(test))
     eval_idx = np.sort(np.random.default_rng(seed + 1).choice(len(test), n_eval, replace=False))
     alpha = None if config.data.iid else config.data.dirichlet_alpha
-    partitions = partition_indices(train.labels, config.fleet.num_devices, alpha, seed)
+    partitions = partition_indices(train.labels, config.fleet.num_devices, alpha, seed,
+                                   min_size=config.train.batch_size)
     spec = fleet_spec_from(config.fleet, seed)
     return RunResources(config, base, list(train_text.label_names), train, test,
                         test.subset(eval_idx.tolist()), partitions, spec, make_fleet(spec))

@@ -125,12 +125,13 @@ def to_full_delta(
     """(s * B @ A placed at full width with zeros elsewhere, bool mask of kept coordinates)."""
     rows, cols = _kept_indices(update, name, full_shape)
     local = update.factors[name].delta(_scaling_of(update.scaling, name))
-    delta = torch.zeros(full_shape, dtype=local.dtype)
-    mask = torch.zeros(full_shape, dtype=torch.bool)
-    grid = (rows.unsqueeze(1), cols.unsqueeze(0))
-    delta[grid] = local
-    mask[grid] = True
-    return delta, mask
+    kept_rows = torch.zeros(full_shape[0], len(cols), dtype=local.dtype).index_copy_(0, rows, local)
+    delta = torch.zeros(full_shape, dtype=local.dtype).index_copy_(1, cols, kept_rows)
+    row_mask = torch.zeros(full_shape[0], dtype=torch.bool)
+    col_mask = torch.zeros(full_shape[1], dtype=torch.bool)
+    row_mask[rows] = True
+    col_mask[cols] = True
+    return delta, row_mask.unsqueeze(1) & col_mask.unsqueeze(0)
 
 
 def _factorise(delta: Tensor, rank: int) -> LoraFactors:
@@ -282,15 +283,30 @@ def peft_init_a(rank: int, in_features: int, generator: torch.Generator,
     return (torch.rand(rank, in_features, generator=generator, dtype=dtype) * 2 - 1) * bound
 
 
+def _svd_of_product(B: Tensor, A: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Thin SVD of B @ A; through QR of the factors when their rank is the smaller side.
+
+    O((out + in) k^2) instead of O(out * in * min(out, in)): the down-link runs once per
+    device and module every round.
+    """
+    if A.shape[0] >= min(B.shape[0], A.shape[1]):
+        return torch.linalg.svd(B @ A, full_matrices=False)
+    q_b, r_b = torch.linalg.qr(B)
+    q_a, r_a = torch.linalg.qr(A.T)
+    U, S, Vh = torch.linalg.svd(r_b @ r_a.T)
+    return q_b @ U, S, Vh @ q_a.T
+
+
 def _split_for_device(
-    local: Tensor, rank: int, scaling: float, generator: torch.Generator
+    B: Tensor, A: Tensor, rank: int, scaling: float, generator: torch.Generator
 ) -> LoraFactors:
-    """Rank-`rank` factors with scaling * B @ A = best approximation of `local`."""
-    U, S, Vh = torch.linalg.svd(local, full_matrices=False)
-    tolerance = S.max() * max(local.shape) * torch.finfo(local.dtype).eps if S.numel() else 0.0
+    """Rank-`rank` factors with scaling * B' @ A' = best approximation of B @ A."""
+    U, S, Vh = _svd_of_product(B, A)
+    shape = (B.shape[0], A.shape[1])
+    tolerance = S.max() * max(shape) * torch.finfo(S.dtype).eps if S.numel() else 0.0
     live = int((S[:rank] > tolerance).sum())  # S is sorted, so live components form a prefix
-    A = peft_init_a(rank, local.shape[1], generator, local.dtype)
-    B = torch.zeros(local.shape[0], rank, dtype=local.dtype)
+    A = peft_init_a(rank, shape[1], generator, S.dtype)
+    B = torch.zeros(shape[0], rank, dtype=S.dtype)
     root = (S[:live] / scaling).sqrt()
     A[:live] = root.unsqueeze(1) * Vh[:live]
     B[:, :live] = U[:, :live] * root
@@ -308,12 +324,12 @@ def restrict_and_truncate(
     """Down-link: the device's slice of the global delta, truncated SVD to `rank`."""
     result = {}
     for name, factors in global_factors.items():
-        delta = factors.delta()
-        kept_rows = _full_index(rows.get(name), delta.shape[0])
-        kept_cols = _full_index(cols.get(name), delta.shape[1])
-        local = delta[kept_rows][:, kept_cols]
-        result[name] = _split_for_device(local, rank, _scaling_of(scaling, name),
-                                         _init_generator(seed, name))
+        dtype = _compute_dtype(factors.A)
+        kept_rows = _full_index(rows.get(name), factors.B.shape[0])
+        kept_cols = _full_index(cols.get(name), factors.A.shape[1])
+        result[name] = _split_for_device(
+            factors.B[kept_rows].to(dtype), factors.A[:, kept_cols].to(dtype), rank,
+            _scaling_of(scaling, name), _init_generator(seed, name))
     return result
 
 

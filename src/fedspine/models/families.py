@@ -110,6 +110,18 @@ class FamilyAdapter:
         """Full name of a layer's projection in the classification model."""
         return f"{self.layers_prefix()}.{layer_idx}.{layer_relative_path}"
 
+    def lora_config(self, rank: int, alpha: float | None = None, dropout: float = 0.0):
+        """A peft LoraConfig with LoRA on every prunable projection and the task head trained fully."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=rank,
+            lora_alpha=2 * rank if alpha is None else alpha,
+            lora_dropout=dropout,
+            target_modules=list(self.lora_target_modules),
+            modules_to_save=list(self.head_module_names),
+        )
+
     # ----- in-place updates after slicing -------------------------------------------------------
     def set_attention_widths(self, attention: nn.Module, num_heads: int, num_kv_heads: int) -> None:
         """Update the attributes the stock attention forward reads after its heads were sliced."""
@@ -226,3 +238,31 @@ def adapter_for(config_or_model: PretrainedConfig | nn.Module) -> FamilyAdapter:
             f"{', '.join(supported_model_types())}."
         )
     return _REGISTRY[model_type]
+
+
+def tiny_config(model_type: str, **overrides) -> PretrainedConfig:
+    """A tiny random config of a supported family (2 layers, hidden 32) for tests and smoke runs.
+
+    Decoders get grouped-query attention (4 query heads on 2 kv heads); Qwen2 and Gemma 3 an
+    explicit head_dim of 16 (!= hidden / heads), as in their real checkpoints.
+    """
+    from transformers import AutoConfig
+
+    adapter = adapter_for(AutoConfig.for_model(model_type))
+    fields = {
+        "vocab_size": 128,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_labels": 2,
+        "pad_token_id": 0,
+    }
+    if adapter.has_grouped_kv:
+        fields["num_key_value_heads"] = 2
+    if model_type in ("qwen2", "gemma3_text"):
+        fields["head_dim"] = 16
+    if not adapter.has_grouped_kv:
+        fields.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    fields.update(overrides)
+    return AutoConfig.for_model(model_type, **fields)
