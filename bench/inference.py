@@ -14,7 +14,9 @@ from fedspine.bench_inference import format_bench_table, run_bench_inference
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="local HF model dir (default: bundled MiniLM)")
+    parser.add_argument(
+        "--model", default=None, help="local HF model dir (default: bundled MiniLM)"
+    )
     parser.add_argument("--sparsity", type=float, nargs="+", default=[0.25, 0.5])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128)

@@ -47,18 +47,26 @@ def load_classifier(model_source: str | None) -> tuple[nn.Module, str]:
     return model.float().eval(), name
 
 
-def _validate(sparsities: Sequence[float], batch: int, seq_len: int, repeats: int, warmup: int,
-              threads: int) -> list[float]:
+def _validate(
+    sparsities: Sequence[float], batch: int, seq_len: int, repeats: int, warmup: int, threads: int
+) -> list[float]:
     if any(not 0.0 <= s < 1.0 for s in sparsities):
         raise ConfigError(f"sparsities must lie in [0, 1), got {list(sparsities)}")
-    for name, value, low in (("batch", batch, 1), ("seq_len", seq_len, 1), ("repeats", repeats, 1),
-                             ("warmup", warmup, 0), ("threads", threads, 1)):
+    for name, value, low in (
+        ("batch", batch, 1),
+        ("seq_len", seq_len, 1),
+        ("repeats", repeats, 1),
+        ("warmup", warmup, 0),
+        ("threads", threads, 1),
+    ):
         if value < low:
             raise ConfigError(f"{name} must be >= {low}, got {value}")
     return sorted({0.0, *(float(s) for s in sparsities)})
 
 
-def _median_latencies_ms(models: list[nn.Module], inputs: dict, repeats: int, warmup: int) -> list[float]:
+def _median_latencies_ms(
+    models: list[nn.Module], inputs: dict, repeats: int, warmup: int
+) -> list[float]:
     timings: list[list[float]] = [[] for _ in models]
     with torch.inference_mode():
         for _ in range(warmup):
@@ -98,7 +106,8 @@ def run_bench_inference(
         full = KeptIndices.full(adapter, base.config)
         scores = magnitude_importance(base, adapter, full)
         models = [
-            base if level == 0.0
+            base
+            if level == 0.0
             else build_pruned_model(base, select_groups_to_keep(scores, full, level)).eval()
             for level in levels
         ]
@@ -111,14 +120,16 @@ def run_bench_inference(
     rows = []
     for level, model, latency in zip(levels, models, latencies, strict=True):
         counts = count_parameters(model)
-        rows.append({
-            "sparsity": level,
-            "latency_ms": latency,
-            "params": counts["params"],
-            "param_bytes": counts["param_bytes"],
-            "non_embedding_param_bytes": counts["non_embedding_param_bytes"],
-            "latency_ratio": latency / latencies[0],
-        })
+        rows.append(
+            {
+                "sparsity": level,
+                "latency_ms": latency,
+                "params": counts["params"],
+                "param_bytes": counts["param_bytes"],
+                "non_embedding_param_bytes": counts["non_embedding_param_bytes"],
+                "latency_ratio": latency / latencies[0],
+            }
+        )
     return {"rows": rows, "batch": batch, "seq_len": seq_len, "threads": threads, "model": name}
 
 

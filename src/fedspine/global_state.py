@@ -52,13 +52,8 @@ class GlobalLora:
     def downlink(self, rows: dict, cols: dict, rank: int) -> dict[str, LoraFactors]:
         """The global LoRA restricted to a device's kept coordinates, at the device's rank."""
         if self.aggregation == "masked-svd":
-            folded = _scale(self.factors, self.scaling)
-            out = {}
-            for name, f in folded.items():
-                one = restrict_and_truncate({name: f}, {name: rows.get(name)},
-                                            {name: cols.get(name)}, rank, self.scaling)
-                out[name] = one[name]
-            return out
+            return restrict_and_truncate(_scale(self.factors, self.scaling), rows, cols, rank,
+                                         self.scaling)
         return {n: _slice(f, rows.get(n), cols.get(n), rank) for n, f in self.factors.items()}
 
     def aggregate(self, uploads: list[DeviceUpload]) -> None:
@@ -78,7 +73,8 @@ class GlobalLora:
                                               self.full_shapes(), self.max_rank)
             return
         merged = aggregate_masked_svd([_as_update(u, self.scaling) for u in uploads],
-                                      self.full_shapes(), self.max_rank)
+                                      self.full_shapes(), self.max_rank,
+                                      previous=_scale(self.factors, self.scaling))
         self.factors = _scale(merged, 1.0 / self.scaling)
 
 

@@ -29,6 +29,9 @@ The mechanics are [our choice] (method.md step 9), HOO / zooming style:
   (current sparsity, final target). Only leaves meeting that interval compete and p is sampled
   inside the intersection. If the interval misses the box, p is the point of [p_floor, p_cap]
   nearest the box and the bandit reasons at the nearest box edge.
+
+``BanditPool`` (below) holds the trees of a fleet: one per device (the paper's mode) or shared
+by devices of similar observed speed (our choice, see its docstring and grouping.py).
 """
 
 from __future__ import annotations
@@ -236,7 +239,7 @@ class SmoothUCB:
         self._leaves.extend(cell.children)
 
     # ------------------------------------------------------------------ inspection / state
-    def leaf_summary(self) -> list[dict[str, float]]:
+    def leaf_summary(self) -> list[dict[str, float | None]]:
         """Leaves with their box (raw units), discounted count and mean (for logging)."""
         rows = []
         for i in self._leaves:
@@ -247,7 +250,7 @@ class SmoothUCB:
                 "log2_rank_lo": self._u_lo + cell.lo[1] * (self._u_hi - self._u_lo),
                 "log2_rank_hi": self._u_lo + cell.hi[1] * (self._u_hi - self._u_lo),
                 "count": cell.weight,
-                "mean": cell.reward_sum / cell.weight if cell.weight > 0 else math.nan,
+                "mean": cell.reward_sum / cell.weight if cell.weight > 0 else None,
             })
         return rows
 

@@ -305,12 +305,12 @@ def _split_for_device(
     shape = (B.shape[0], A.shape[1])
     tolerance = S.max() * max(shape) * torch.finfo(S.dtype).eps if S.numel() else 0.0
     live = int((S[:rank] > tolerance).sum())  # S is sorted, so live components form a prefix
-    A = peft_init_a(rank, shape[1], generator, S.dtype)
-    B = torch.zeros(shape[0], rank, dtype=S.dtype)
+    device_a = peft_init_a(rank, shape[1], generator, S.dtype)  # null components: peft init
+    device_b = torch.zeros(shape[0], rank, dtype=S.dtype)
     root = (S[:live] / scaling).sqrt()
-    A[:live] = root.unsqueeze(1) * Vh[:live]
-    B[:, :live] = U[:, :live] * root
-    return LoraFactors(A=A, B=B)
+    device_a[:live] = root.unsqueeze(1) * Vh[:live]
+    device_b[:, :live] = U[:, :live] * root
+    return LoraFactors(A=device_a, B=device_b)
 
 
 def restrict_and_truncate(
@@ -355,7 +355,13 @@ def restrict_and_slice(
 
 def initial_global_factors(full_shapes: Mapping[str, Shape], rank: int, seed: int = 0
                            ) -> dict[str, LoraFactors]:
-    """A fresh global adapter (peft init: random A, B == 0): every device starts from one A."""
+    """A fresh global adapter (peft init: random A, B == 0) in the scaling-1 convention.
+
+    For zero-pad / fedavg methods, so every device starts from the same A (FedIT averages
+    factors, which only makes sense from a common start); restrict_and_slice hands a device
+    A / sqrt(s). The masked-svd path needs no initial state: a zero delta already gives peft's
+    init through restrict_and_truncate.
+    """
     return {name: LoraFactors(A=peft_init_a(rank, shape[1], _init_generator(seed, name)),
                               B=torch.zeros(shape[0], rank))
             for name, shape in full_shapes.items()}

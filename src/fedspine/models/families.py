@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from peft import LoraConfig
 from torch import nn
-from transformers import PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig
 
 from fedspine.errors import ModelError
 
@@ -72,7 +73,9 @@ class FamilyAdapter:
         kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         if heads % kv_heads:
-            raise ModelError(f"num_attention_heads={heads} is not a multiple of {kv_heads} kv heads")
+            raise ModelError(
+                f"num_attention_heads={heads} is not a multiple of {kv_heads} kv heads"
+            )
         return FullDims(
             num_layers=int(config.num_hidden_layers),
             num_heads=heads,
@@ -110,10 +113,10 @@ class FamilyAdapter:
         """Full name of a layer's projection in the classification model."""
         return f"{self.layers_prefix()}.{layer_idx}.{layer_relative_path}"
 
-    def lora_config(self, rank: int, alpha: float | None = None, dropout: float = 0.0):
-        """A peft LoraConfig with LoRA on every prunable projection and the task head trained fully."""
-        from peft import LoraConfig
-
+    def lora_config(
+        self, rank: int, alpha: float | None = None, dropout: float = 0.0
+    ) -> LoraConfig:
+        """A peft LoraConfig: LoRA on every prunable projection, the task head trained fully."""
         return LoraConfig(
             r=rank,
             lora_alpha=2 * rank if alpha is None else alpha,
@@ -150,7 +153,15 @@ _ENCODER_LORA_TARGETS = (
     "intermediate.dense",
     "output.dense",
 )
-_DECODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_DECODER_LORA_TARGETS = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
 
 
 def _encoder(name: str, model_types: tuple[str, ...]) -> FamilyAdapter:
@@ -246,8 +257,6 @@ def tiny_config(model_type: str, **overrides) -> PretrainedConfig:
     Decoders get grouped-query attention (4 query heads on 2 kv heads); Qwen2 and Gemma 3 an
     explicit head_dim of 16 (!= hidden / heads), as in their real checkpoints.
     """
-    from transformers import AutoConfig
-
     adapter = adapter_for(AutoConfig.for_model(model_type))
     fields = {
         "vocab_size": 128,

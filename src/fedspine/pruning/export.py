@@ -54,7 +54,7 @@ def merged_copy(model: nn.Module) -> nn.Module:
 
 
 def export_pruned(model: nn.Module, kept: KeptIndices, out_dir: str | Path, tokenizer=None) -> Path:
-    """Merge LoRA into a copy of the pruned `model` (shaped like `kept`) and save it to `out_dir`."""
+    """Merge LoRA into a copy of pruned `model` (shaped like `kept`); save it to `out_dir`."""
     out_dir = Path(out_dir)
     hf_model = merged_copy(model)
     adapter = adapter_for(hf_model)
@@ -123,7 +123,9 @@ def load_pruned(model_dir: str | Path) -> nn.Module:
     adapter = adapter_for(config)
     full_config = copy.deepcopy(config)
     dims = kept.dims
-    adapter.set_config_widths(full_config, dims, dims.num_heads, dims.num_kv_heads, dims.intermediate_size)
+    adapter.set_config_widths(
+        full_config, dims, dims.num_heads, dims.num_kv_heads, dims.intermediate_size
+    )
     full_config.__dict__.pop(PRUNED_WIDTHS_FIELD, None)
     with no_init_weights():
         model = AutoModelForSequenceClassification.from_config(full_config, dtype=config.dtype)

@@ -73,7 +73,9 @@ def lora_gradient_estimate(module: nn.Module) -> torch.Tensor:
                 "LoRA gradients are missing: call update() after loss.backward() and before "
                 "optimizer.zero_grad()"
             )
-        term = module.scaling[name] * (lora_b.grad @ lora_a.detach() + lora_b.detach() @ lora_a.grad)
+        term = module.scaling[name] * (
+            lora_b.grad @ lora_a.detach() + lora_b.detach() @ lora_a.grad
+        )
         estimate = term if estimate is None else estimate + term
     return estimate
 
@@ -83,7 +85,10 @@ def _active_lora(module: LoraLayer) -> list[str]:
 
 
 def group_scores(
-    model: nn.Module, adapter: FamilyAdapter, kept: KeptIndices, element_importance: ElementImportance
+    model: nn.Module,
+    adapter: FamilyAdapter,
+    kept: KeptIndices,
+    element_importance: ElementImportance,
 ) -> ModelScores:
     """Sum an element importance over the rows/columns of every head and channel group."""
     dims = kept.dims
@@ -110,7 +115,9 @@ def group_scores(
     return tuple(scores)
 
 
-def magnitude_importance(model: nn.Module, adapter: FamilyAdapter, kept: KeptIndices) -> ModelScores:
+def magnitude_importance(
+    model: nn.Module, adapter: FamilyAdapter, kept: KeptIndices
+) -> ModelScores:
     """|W_eff| summed per group: needs no data."""
     return group_scores(model, adapter, kept, lambda module: merged_weight(module).abs())
 

@@ -39,7 +39,9 @@ class KeptIndices:
 
     def __post_init__(self) -> None:
         if len(self.layers) != self.dims.num_layers:
-            raise ModelError(f"kept map has {len(self.layers)} layers, model has {self.dims.num_layers}")
+            raise ModelError(
+                f"kept map has {len(self.layers)} layers, model has {self.dims.num_layers}"
+            )
         for idx, layer in enumerate(self.layers):
             _validate_layer(idx, layer, self.dims)
 
@@ -148,7 +150,9 @@ def _validate_layer(idx: int, layer: LayerKept, dims: FullDims) -> None:
             raise ModelError(f"layer {idx}: {name} must be sorted unique indices in [0, {bound})")
     group_size = dims.group_size
     if layer.kv_heads != kv_heads_of(layer.heads, group_size):
-        raise ModelError(f"layer {idx}: kv_heads {layer.kv_heads} do not match the kept query heads")
+        raise ModelError(
+            f"layer {idx}: kv_heads {layer.kv_heads} do not match the kept query heads"
+        )
     per_group = [sum(1 for h in layer.heads if h // group_size == g) for g in layer.kv_heads]
     if len(set(per_group)) != 1:
         raise ModelError(

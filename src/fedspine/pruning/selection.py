@@ -36,12 +36,13 @@ def select_groups_to_keep(
     if len(scores) != len(kept.layers):
         raise ConfigError(f"scores cover {len(scores)} layers, the model has {len(kept.layers)}")
     dims = kept.dims
-    head_units = [_head_unit_scores(s, k, dims.group_size) for s, k in zip(scores, kept.layers)]
-    channel_units = [s.channels[list(k.channels)] for s, k in zip(scores, kept.layers)]
+    pairs = list(zip(scores, kept.layers, strict=True))
+    head_units = [_head_unit_scores(s, k, dims.group_size) for s, k in pairs]
+    channel_units = [s.channels[list(k.channels)] for s, k in pairs]
     head_counts = _keep_counts(head_units, dims.num_heads, target_ratio, mode)
     channel_counts = _keep_counts(channel_units, dims.intermediate_size, target_ratio, mode)
     layers = []
-    for idx, (layer_scores, layer_kept) in enumerate(zip(scores, kept.layers)):
+    for idx, (layer_scores, layer_kept) in enumerate(pairs):
         heads = _select_heads(layer_scores, layer_kept, head_counts[idx], dims.group_size)
         channels = _top_indices(layer_kept.channels, channel_units[idx], channel_counts[idx])
         layers.append(LayerKept(heads, kv_heads_of(heads, dims.group_size), channels))
@@ -81,9 +82,7 @@ def normalise_per_layer(values: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(values) if mean <= 0 else values / mean
 
 
-def _keep_counts(
-    units: list[torch.Tensor], full_width: int, ratio: float, mode: str
-) -> list[int]:
+def _keep_counts(units: list[torch.Tensor], full_width: int, ratio: float, mode: str) -> list[int]:
     current = [len(u) for u in units]
     if mode == "uniform":
         target = max(1, round(full_width * (1.0 - ratio)))

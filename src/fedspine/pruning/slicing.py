@@ -63,7 +63,9 @@ def _replace_param(
     setattr(module, name, nn.Parameter(data.contiguous(), requires_grad=old.requires_grad))
 
 
-def apply_kept_(model: nn.Module, adapter: FamilyAdapter, old: KeptIndices, new: KeptIndices) -> None:
+def apply_kept_(
+    model: nn.Module, adapter: FamilyAdapter, old: KeptIndices, new: KeptIndices
+) -> None:
     """Slice `model` (currently shaped like `old`) in place down to `new` (a subset of `old`)."""
     if old.dims != new.dims or old.family != new.family:
         raise ModelError("kept-index maps describe different models")
@@ -76,7 +78,9 @@ def apply_kept_(model: nn.Module, adapter: FamilyAdapter, old: KeptIndices, new:
                 slice_linear_(layer.get_submodule(path), rows, cols)
         kept_layer = new.layers[layer_idx]
         adapter.set_attention_widths(
-            layer.get_submodule(adapter.attention_path), len(kept_layer.heads), len(kept_layer.kv_heads)
+            layer.get_submodule(adapter.attention_path),
+            len(kept_layer.heads),
+            len(kept_layer.kv_heads),
         )
     _replace_config(unwrap_peft(model), adapter, new)
 
@@ -106,9 +110,13 @@ def pruned_config(config, adapter: FamilyAdapter, kept: KeptIndices):
     dims = kept.dims
     if kept.is_uniform:
         widths = kept.layer_widths()[0]
-        adapter.set_config_widths(new, dims, widths["heads"], widths["kv_heads"], widths["channels"])
+        adapter.set_config_widths(
+            new, dims, widths["heads"], widths["kv_heads"], widths["channels"]
+        )
     else:
-        adapter.set_config_widths(new, dims, dims.num_heads, dims.num_kv_heads, dims.intermediate_size)
+        adapter.set_config_widths(
+            new, dims, dims.num_heads, dims.num_kv_heads, dims.intermediate_size
+        )
     if kept.is_full:
         new.__dict__.pop(PRUNED_WIDTHS_FIELD, None)
     else:
