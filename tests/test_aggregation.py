@@ -24,21 +24,31 @@ SHAPES = {"q": (12, 10), "down": (10, 16)}
 
 def random_factors(rank, out_features, in_features, seed):
     g = torch.Generator().manual_seed(seed)
-    return LoraFactors(A=torch.randn(rank, in_features, generator=g, dtype=DT),
-                       B=torch.randn(out_features, rank, generator=g, dtype=DT))
+    return LoraFactors(
+        A=torch.randn(rank, in_features, generator=g, dtype=DT),
+        B=torch.randn(out_features, rank, generator=g, dtype=DT),
+    )
 
 
 def unpruned_update(rank, seed, examples, alpha=16.0):
-    factors = {name: random_factors(rank, o, i, seed + k) for k, (name, (o, i)) in
-               enumerate(SHAPES.items())}
-    return DeviceLoraUpdate(factors=factors, scaling=alpha / rank, rows={}, cols={},
-                            num_examples=examples)
+    factors = {
+        name: random_factors(rank, o, i, seed + k)
+        for k, (name, (o, i)) in enumerate(SHAPES.items())
+    }
+    return DeviceLoraUpdate(
+        factors=factors, scaling=alpha / rank, rows={}, cols={}, num_examples=examples
+    )
 
 
 def pruned_update(name, rows, cols, rank, seed, examples, scaling=2.0):
     factors = {name: random_factors(rank, len(rows), len(cols), seed)}
-    return DeviceLoraUpdate(factors=factors, scaling=scaling, rows={name: rows},
-                            cols={name: cols}, num_examples=examples)
+    return DeviceLoraUpdate(
+        factors=factors,
+        scaling=scaling,
+        rows={name: rows},
+        cols={name: cols},
+        num_examples=examples,
+    )
 
 
 def test_masked_svd_equals_weighted_mean_of_deltas_without_pruning():
@@ -95,7 +105,7 @@ def test_zero_pad_with_equal_ranks_equals_fedavg_of_factors():
     updates = [unpruned_update(4, 0, 10), unpruned_update(4, 10, 30)]
     padded = aggregate_zero_pad(updates, SHAPES, max_rank=4)
     averaged = fedavg_factors(updates)
-    scale = 4.0 ** 0.5  # alpha / r = 4, folded in as sqrt into each factor
+    scale = 4.0**0.5  # alpha / r = 4, folded in as sqrt into each factor
     for name in SHAPES:
         torch.testing.assert_close(padded[name].A, averaged[name].A)
         torch.testing.assert_close(padded[name].B, averaged[name].B)
@@ -111,7 +121,7 @@ def test_zero_pad_dilutes_pruned_coordinates_and_pads_ranks():
     result = aggregate_zero_pad([wide, narrow], {"down": full}, max_rank=8)["down"]
     assert result.A.shape == (8, 16) and result.B.shape == (10, 8)
     assert torch.all(result.A[4:] == 0) and torch.all(result.B[:, 4:] == 0)
-    torch.testing.assert_close(result.B[5:, :4], 2.0 ** 0.5 * wide.factors["down"].B[5:] / 2)
+    torch.testing.assert_close(result.B[5:, :4], 2.0**0.5 * wide.factors["down"].B[5:] / 2)
 
 
 def test_fedavg_rejects_mismatched_updates():
@@ -152,10 +162,13 @@ def test_zero_delta_gives_peft_like_init_and_null_components_stay_trainable():
 
 def test_round_trip_down_link_then_aggregate_keeps_the_global_delta():
     global_factors = aggregate_masked_svd([unpruned_update(4, 0, 1)], SHAPES, max_rank=8)
-    downs = [restrict_and_truncate(global_factors, {}, {}, rank=r, scaling=16.0 / r)
-             for r in (4, 8)]
-    ups = [DeviceLoraUpdate(factors=f, scaling=16.0 / r, rows={}, cols={}, num_examples=3)
-           for f, r in zip(downs, (4, 8), strict=True)]
+    downs = [
+        restrict_and_truncate(global_factors, {}, {}, rank=r, scaling=16.0 / r) for r in (4, 8)
+    ]
+    ups = [
+        DeviceLoraUpdate(factors=f, scaling=16.0 / r, rows={}, cols={}, num_examples=3)
+        for f, r in zip(downs, (4, 8), strict=True)
+    ]
     merged = aggregate_masked_svd(ups, SHAPES, max_rank=8)
     for name in SHAPES:
         torch.testing.assert_close(merged[name].delta(), global_factors[name].delta())
@@ -184,8 +197,13 @@ def test_initial_global_factors_and_average_tensors():
 
 
 def test_shape_errors_are_reported():
-    bad = DeviceLoraUpdate(factors={"q": random_factors(2, 5, 10, 0)}, scaling=1.0,
-                           rows={"q": torch.arange(6)}, cols={}, num_examples=1)
+    bad = DeviceLoraUpdate(
+        factors={"q": random_factors(2, 5, 10, 0)},
+        scaling=1.0,
+        rows={"q": torch.arange(6)},
+        cols={},
+        num_examples=1,
+    )
     with pytest.raises(ValueError, match="kept rows"):
         aggregate_masked_svd([bad], {"q": SHAPES["q"]}, max_rank=4)
     with pytest.raises(ValueError, match="no full shape"):

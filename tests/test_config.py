@@ -21,7 +21,9 @@ def test_presets_resolve_and_differ():
 
 
 def test_set_overrides_are_typed():
-    config = load_config("smoke", overrides=["run.rounds=7", "data.iid=true", "train.learning_rate=0.01"])
+    config = load_config(
+        "smoke", overrides=["run.rounds=7", "data.iid=true", "train.learning_rate=0.01"]
+    )
     assert config.run.rounds == 7 and config.data.iid is True
     assert config.train.learning_rate == pytest.approx(0.01)
 
@@ -73,4 +75,7 @@ def test_bad_files_and_presets(tmp_path):
 def test_default_tiers_are_the_papers_fleet():
     tiers = parse_tiers(load_config("default").fleet.tiers)
     assert [(name, count) for name, _, _, count in tiers] == [
-        ("tx2", 30), ("xavier-nx", 40), ("agx-xavier", 10)]
+        ("tx2", 30),
+        ("xavier-nx", 40),
+        ("agx-xavier", 10),
+    ]

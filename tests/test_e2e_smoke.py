@@ -35,16 +35,36 @@ def test_run_directory_is_complete(fedlora_run):
     times = [r["sim_time_s"] for r in rows]
     assert times == sorted(times) and times[0] > 0
     part = rows[0]["participants"][0]
-    assert {"device", "tier", "prune_ratio", "lora_rank", "time_s", "bytes_up", "bytes_down",
-            "ok"} <= set(part)
-    assert all(p["ok"] and p["lora_rank"] == 8 and p["bytes_up"] > 0 for p in rows[0]["participants"])
+    assert {
+        "device",
+        "tier",
+        "prune_ratio",
+        "lora_rank",
+        "time_s",
+        "bytes_up",
+        "bytes_down",
+        "ok",
+    } <= set(part)
+    assert all(
+        p["ok"] and p["lora_rank"] == 8 and p["bytes_up"] > 0 for p in rows[0]["participants"]
+    )
 
 
 def test_summary_fields(fedlora_run):
     summary = read_summary(fedlora_run)
-    for key in ("final_accuracy", "best_accuracy", "target_accuracy", "time_to_target_s",
-                "sim_time_s", "wall_time_s", "mean_sparsity", "comm_bytes", "peak_rss_mb",
-                "devices", "accuracy_definition"):
+    for key in (
+        "final_accuracy",
+        "best_accuracy",
+        "target_accuracy",
+        "time_to_target_s",
+        "sim_time_s",
+        "wall_time_s",
+        "mean_sparsity",
+        "comm_bytes",
+        "peak_rss_mb",
+        "devices",
+        "accuracy_definition",
+    ):
         assert key in summary
     assert len(summary["devices"]) == 8
     assert summary["mean_sparsity"] == 0.0

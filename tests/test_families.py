@@ -8,7 +8,13 @@ from transformers import AutoModelForSequenceClassification, Gemma3Config, GPT2C
 
 from fedspine.errors import ModelError
 from fedspine.models.families import adapter_for, supported_model_types, tiny_config
-from fedspine.pruning import KeptIndices, module_kept_indices, select_groups_to_keep
+from fedspine.pruning import (
+    KeptIndices,
+    LayerScores,
+    build_pruned_model,
+    module_kept_indices,
+    select_groups_to_keep,
+)
 
 torch.set_num_threads(1)
 FAMILIES = ("bert", "roberta", "llama", "qwen2", "mistral", "gemma3_text")
@@ -59,7 +65,9 @@ def test_lora_targets_are_exactly_the_prunable_projections(model_type):
     }
     full = KeptIndices.full(adapter, model.config)
     assert with_lora == set(module_kept_indices(adapter, full))
-    assert not any("pooler" in name or "classifier" in name or "score" in name for name in with_lora)
+    assert not any(
+        "pooler" in name or "classifier" in name or "score" in name for name in with_lora
+    )
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -93,16 +101,12 @@ def test_full_dims_rejects_a_pruned_config():
     adapter = adapter_for(model)
     full = KeptIndices.full(adapter, model.config)
     scores = _flat_scores(full)
-    from fedspine.pruning import build_pruned_model
-
     pruned = build_pruned_model(model, select_groups_to_keep(scores, full, 0.5))
     with pytest.raises(ModelError, match="already pruned"):
         adapter.full_dims(pruned.config)
 
 
 def _flat_scores(kept):
-    from fedspine.pruning import LayerScores
-
     dims = kept.dims
     return tuple(
         LayerScores(

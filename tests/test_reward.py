@@ -13,8 +13,14 @@ from fedspine.errors import ConfigError
 torch.set_num_threads(1)
 
 BASE = {
-    "loss_before": 1.0, "loss_after": 0.8, "sparsity_before": 0.1, "sparsity_after": 0.3,
-    "target_sparsity": 0.5, "update_norm": 2.0, "max_update_norm": 4.0, "time_s": 10.0,
+    "loss_before": 1.0,
+    "loss_after": 0.8,
+    "sparsity_before": 0.1,
+    "sparsity_after": 0.3,
+    "target_sparsity": 0.5,
+    "update_norm": 2.0,
+    "max_update_norm": 4.0,
+    "time_s": 10.0,
     "median_time_s": 10.0,
 }
 
@@ -30,8 +36,9 @@ def test_terms_and_total_on_a_typical_round():
     assert parts.prune_progress == pytest.approx(0.5)
     assert parts.update_importance == pytest.approx(0.5)
     assert parts.time_ratio == pytest.approx(1.0)
-    expected = (weights.w_loss * 0.2 + weights.w_prune * 0.5 + weights.w_imp * 0.5
-                - weights.w_time * 1.0)
+    expected = (
+        weights.w_loss * 0.2 + weights.w_prune * 0.5 + weights.w_imp * 0.5 - weights.w_time * 1.0
+    )
     assert parts.total == pytest.approx(expected)
     assert not parts.failed
     assert json.loads(json.dumps(parts.to_dict()))["total"] == pytest.approx(expected)
@@ -43,11 +50,17 @@ def test_terms_stay_in_range_over_random_inputs():
     for _ in range(500):
         before = float(rng.uniform(0, 0.9))
         parts = compute_reward(
-            loss_before=float(rng.uniform(0, 5)), loss_after=float(rng.uniform(0, 5)),
-            sparsity_before=before, sparsity_after=float(rng.uniform(0, 1)),
-            target_sparsity=float(rng.uniform(0, 1)), update_norm=float(rng.uniform(0, 10)),
-            max_update_norm=float(rng.uniform(0, 10)), time_s=float(rng.uniform(0, 100)),
-            median_time_s=float(rng.uniform(0.1, 30)), weights=weights)
+            loss_before=float(rng.uniform(0, 5)),
+            loss_after=float(rng.uniform(0, 5)),
+            sparsity_before=before,
+            sparsity_after=float(rng.uniform(0, 1)),
+            target_sparsity=float(rng.uniform(0, 1)),
+            update_norm=float(rng.uniform(0, 10)),
+            max_update_norm=float(rng.uniform(0, 10)),
+            time_s=float(rng.uniform(0, 100)),
+            median_time_s=float(rng.uniform(0.1, 30)),
+            weights=weights,
+        )
         for term in (parts.loss_gain, parts.prune_progress, parts.update_importance):
             assert 0.0 <= term <= 1.0
         assert 0.0 <= parts.time_ratio <= weights.max_time_ratio
@@ -79,9 +92,17 @@ def test_failure_is_worse_than_any_completed_round():
     weights = RewardWeights()
     failure = failed_reward(weights)
     worst_success = compute_reward(
-        loss_before=1.0, loss_after=2.0, sparsity_before=0.1, sparsity_after=0.1,
-        target_sparsity=0.5, update_norm=0.0, max_update_norm=1.0, time_s=1e6,
-        median_time_s=1.0, weights=weights)
+        loss_before=1.0,
+        loss_after=2.0,
+        sparsity_before=0.1,
+        sparsity_after=0.1,
+        target_sparsity=0.5,
+        update_norm=0.0,
+        max_update_norm=1.0,
+        time_s=1e6,
+        median_time_s=1.0,
+        weights=weights,
+    )
     assert failure.failed and failure.total < worst_success.total
     assert failure.to_dict()["failed"] is True
 

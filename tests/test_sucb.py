@@ -57,8 +57,9 @@ def test_regret_is_sublinear_and_beats_random_arms():
     regrets = [optimum - play(s, steps, [centre]) for s in seeds]
     first = np.mean([r[: steps // 2].sum() for r in regrets])
     second = np.mean([r[steps // 2 :].sum() for r in regrets])
-    random_total = np.mean([(optimum - play(s, steps, [centre], random_arms=True)).sum()
-                            for s in seeds])
+    random_total = np.mean(
+        [(optimum - play(s, steps, [centre], random_arms=True)).sum() for s in seeds]
+    )
     assert second < 0.5 * first
     assert first + second < 0.3 * random_total
 
@@ -153,9 +154,11 @@ def test_seeded_determinism_and_state_round_trip():
         return out
 
     assert arms(SmoothUCB(P_RANGE, RANK_RANGE, seed=7), 60) == arms(
-        SmoothUCB(P_RANGE, RANK_RANGE, seed=7), 60)
+        SmoothUCB(P_RANGE, RANK_RANGE, seed=7), 60
+    )
     assert arms(SmoothUCB(P_RANGE, RANK_RANGE, seed=7), 60) != arms(
-        SmoothUCB(P_RANGE, RANK_RANGE, seed=8), 60)
+        SmoothUCB(P_RANGE, RANK_RANGE, seed=8), 60
+    )
     bandit = SmoothUCB(P_RANGE, RANK_RANGE, seed=7)
     arms(bandit, 40)
     restored = SmoothUCB.from_dict(json.loads(json.dumps(bandit.to_dict())))
@@ -209,10 +212,18 @@ def test_grouping_functions():
     assert choose_tree_source(20, 0, 20, 4) == "own"
 
 
-@pytest.mark.parametrize("options", [
-    {"p_range": (0.5, 0.2)}, {"p_range": (0.0, 1.0)}, {"rank_range": (0, 8)},
-    {"rank_range": (3, 16)}, {"discount": 0.0}, {"c": -1.0}, {"split_after": 0.5},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"p_range": (0.5, 0.2)},
+        {"p_range": (0.0, 1.0)},
+        {"rank_range": (0, 8)},
+        {"rank_range": (3, 16)},
+        {"discount": 0.0},
+        {"c": -1.0},
+        {"split_after": 0.5},
+    ],
+)
 def test_invalid_settings_raise_config_error(options):
     settings = {"p_range": P_RANGE, "rank_range": RANK_RANGE, **options}
     with pytest.raises(ConfigError):

@@ -22,24 +22,46 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-MethodOpt = Annotated[str, typer.Option(
-    "--method", "-m", help="fedspine | fedlora | hetlora | flexlora | prune-then-tune | "
-    "fedspine-fixed | fedspine-random | fedspine-perdevice")]
-PresetOpt = Annotated[str, typer.Option(
-    "--preset", "-p", help="smoke (CI-sized, <1 min), default (80 devices, the main job), "
-    "paper (larger, longer)")]
-ConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", "-c", help="TOML file with [run], [data], [model], [train], [fleet], [pruning], "
-    "[bandit], [eval] tables; see `fedspine show-config`")]
-SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", "-s", help="override one setting, e.g. --set run.rounds=10 (repeatable)")]
-OutOpt = Annotated[Path | None, typer.Option(
-    "--out", "-o", help="run directory (default runs/<time>-<method>/); must not exist")]
+MethodOpt = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        "-m",
+        help="fedspine | fedlora | hetlora | flexlora | prune-then-tune | "
+        "fedspine-fixed | fedspine-random | fedspine-perdevice",
+    ),
+]
+PresetOpt = Annotated[
+    str,
+    typer.Option(
+        "--preset",
+        "-p",
+        help="smoke (CI-sized, <1 min), default (80 devices, the main job), paper (larger, longer)",
+    ),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="TOML file with [run], [data], [model], [train], [fleet], [pruning], "
+        "[bandit], [eval] tables; see `fedspine show-config`",
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="override one setting, e.g. --set run.rounds=10 (repeatable)"),
+]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out", "-o", help="run directory (default runs/<time>-<method>/); must not exist"
+    ),
+]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="seed for everything (run.seed)")]
 
 
-def _config(preset: str, config_file: Path | None, sets: list[str] | None,
-            extra: list[str]):
+def _config(preset: str, config_file: Path | None, sets: list[str] | None, extra: list[str]):
     from fedspine.config import load_config
 
     return load_config(preset, config_file, list(sets or []) + extra)
@@ -89,8 +111,9 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
 
 
 @app.command("show-config")
-def show_config(preset: PresetOpt = "default", config: ConfigOpt = None,
-                set_: SetOpt = None) -> None:
+def show_config(
+    preset: PresetOpt = "default", config: ConfigOpt = None, set_: SetOpt = None
+) -> None:
     """Print the fully resolved config as TOML (a starting point for --config files)."""
     from fedspine.config import config_to_toml
 
@@ -99,9 +122,13 @@ def show_config(preset: PresetOpt = "default", config: ConfigOpt = None,
 
 @app.command("bench-inference")
 def bench_inference(
-    model: Annotated[str | None, typer.Option(help="model source (default: bundled MiniLM)")] = None,
-    sparsity: Annotated[list[float] | None, typer.Option(
-        help="sparsity to measure (repeatable); 0.0 is always included")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="model source (default: bundled MiniLM)")
+    ] = None,
+    sparsity: Annotated[
+        list[float] | None,
+        typer.Option(help="sparsity to measure (repeatable); 0.0 is always included"),
+    ] = None,
     batch: Annotated[int, typer.Option(help="batch size")] = 8,
     seq_len: Annotated[int, typer.Option(help="sequence length")] = 128,
     repeats: Annotated[int, typer.Option(help="timed repeats (median reported)")] = 20,
@@ -112,8 +139,15 @@ def bench_inference(
     from fedspine.bench_inference import format_bench_table, run_bench_inference
     from fedspine.report.record import write_json_atomic
 
-    result = run_bench_inference(model, sorted(set([0.0] + list(sparsity or [0.3, 0.5]))),
-                                 batch, seq_len, repeats, 3, threads)
+    result = run_bench_inference(
+        model,
+        sorted(set([0.0] + list(sparsity or [0.3, 0.5]))),
+        batch,
+        seq_len,
+        repeats,
+        3,
+        threads,
+    )
     typer.echo(format_bench_table(result))
     if json_out:
         write_json_atomic(json_out, result)

@@ -8,12 +8,12 @@ then `validate` checks ranges so that the rest of the code can trust the values.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
 import tomli_w
+import tomllib
 
 from fedspine.errors import ConfigError
 
@@ -56,7 +56,9 @@ class DataSection:
 class ModelSection:
     source: str = "minilm"  # "minilm", "gemma3-270m", a local HF model dir, or a hub id
     lora_rank: int = 8  # rank for single-rank methods and the maximum rank of the global LoRA
-    lora_alpha_per_rank: float = 2.0  # lora_alpha = this * rank, so scaling is the same at every rank
+    lora_alpha_per_rank: float = (
+        2.0  # lora_alpha = this * rank, so scaling is the same at every rank
+    )
     lora_dropout: float = 0.0
 
 
@@ -131,8 +133,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # CI-sized: real MiniLM, real data, a few devices; under a minute on 2 cores.
     "smoke": {
         "run": {"rounds": 4, "clients_per_round": 4},
-        "data": {"max_train_examples": 800, "max_test_examples": 200, "round_eval_examples": 100,
-                 "max_seq_len": 48},
+        "data": {
+            "max_train_examples": 800,
+            "max_test_examples": 200,
+            "round_eval_examples": 100,
+            "max_seq_len": 48,
+        },
         "train": {"local_steps": 8},
         "fleet": {"num_devices": 8},
         "pruning": {"prune_interval": 4, "final_recovery_steps": 4},
@@ -255,7 +261,11 @@ def _check(condition: bool, message: str) -> None:
 def validate(config: Config) -> None:
     """Range checks that need more than a type: one readable message per problem."""
     run, data, train, prune, bandit = (
-        config.run, config.data, config.train, config.pruning, config.bandit
+        config.run,
+        config.data,
+        config.train,
+        config.pruning,
+        config.bandit,
     )
     _check(run.method in METHODS, f"run.method {run.method!r} is not one of: {', '.join(METHODS)}")
     _check(run.rounds >= 1, "run.rounds must be >= 1")
@@ -272,13 +282,17 @@ def validate(config: Config) -> None:
     _check(0 < train.learning_rate < 1, "train.learning_rate must be in (0, 1)")
     _check(0.0 <= prune.target_sparsity < 1.0, "pruning.target_sparsity must be in [0, 1)")
     _check(prune.prune_interval >= 1, "pruning.prune_interval must be >= 1")
-    _check(prune.importance in ("lora-taylor", "magnitude", "taylor"),
-           "pruning.importance must be lora-taylor, magnitude or taylor")
+    _check(
+        prune.importance in ("lora-taylor", "magnitude", "taylor"),
+        "pruning.importance must be lora-taylor, magnitude or taylor",
+    )
     _check(prune.selection in ("uniform", "global"), "pruning.selection must be uniform or global")
     _check(0.0 <= prune.ema_beta < 1.0, "pruning.ema_beta must be in [0, 1)")
     _check(bandit.mode in ("shared", "per-device"), "bandit.mode must be shared or per-device")
-    _check(1 <= bandit.rank_min <= bandit.rank_max,
-           "bandit.rank_min must be >= 1 and <= bandit.rank_max")
+    _check(
+        1 <= bandit.rank_min <= bandit.rank_max,
+        "bandit.rank_min must be >= 1 and <= bandit.rank_max",
+    )
     _check(config.eval.target_accuracy <= 1.0, "eval.target_accuracy is a share in [0, 1]")
     parse_tiers(config.fleet.tiers)
 
@@ -294,7 +308,9 @@ def parse_tiers(text: str) -> list[tuple[str, float, float, int]]:
             raise ConfigError(
                 f"fleet.tiers entry {entry!r} must be name:TFLOPs:GB:count, e.g. tx2:1.3:8:30"
             ) from None
-        _check(tflops > 0 and mem_gb > 0 and count >= 0, f"fleet.tiers entry {entry!r} out of range")
+        _check(
+            tflops > 0 and mem_gb > 0 and count >= 0, f"fleet.tiers entry {entry!r} out of range"
+        )
         tiers.append((name, tflops, mem_gb, count))
     _check(sum(t[3] for t in tiers) > 0, "fleet.tiers needs at least one device")
     return tiers

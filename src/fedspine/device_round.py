@@ -24,13 +24,15 @@ from fedspine.lora.peft_io import (
 from fedspine.protocol import factors_to_tensors, payload_bytes
 from fedspine.pruning import (
     KeptIndices,
+    LoraTaylorImportance,
     build_pruned_model,
-    make_importance,
+    magnitude_importance,
     prune_step,
     sparsity_report,
+    taylor_importance,
 )
 from fedspine.resources import RunResources
-from fedspine.train import evaluate, make_optimizer, train_local
+from fedspine.train import make_optimizer, train_local
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class DeviceResult:
     ok: bool
     factors: dict[str, LoraFactors] = field(default_factory=dict)
     head: dict[str, torch.Tensor] = field(default_factory=dict)
-    kept: KeptIndices | None = None
+    kept: KeptIndices | None = None  # None only when the device failed before training
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
 
@@ -73,7 +75,7 @@ def run_device_round(
     res: RunResources,
     device: DeviceProfile,
     plan: DevicePlan,
-    kept: KeptIndices | None,
+    kept: KeptIndices,
     down_factors: dict[str, LoraFactors],
     down_head: dict[str, torch.Tensor],
 ) -> DeviceResult:
@@ -83,8 +85,14 @@ def run_device_round(
     steps = plan.local_steps or cfg.train.local_steps
     data = res.train.subset(res.partitions[device.device_id])
     model = build_pruned_model(res.base.model, kept)
-    peft_model = attach_lora(model, adapter, plan.lora_rank, cfg.model.lora_alpha_per_rank,
-                             cfg.model.lora_dropout, seed=cfg.run.seed + device.device_id)
+    peft_model = attach_lora(
+        model,
+        adapter,
+        plan.lora_rank,
+        cfg.model.lora_alpha_per_rank,
+        cfg.model.lora_dropout,
+        seed=cfg.run.seed + device.device_id,
+    )
     if down_factors:
         set_lora_factors(peft_model, down_factors)
     if down_head:
@@ -92,34 +100,63 @@ def run_device_round(
     seq_len = cfg.data.max_seq_len
     memory = training_memory_bytes(peft_model, cfg.train.batch_size, seq_len)
     if exceeds_budget(memory, device, res.fleet_spec.memory_usable_fraction):
-        return DeviceResult(ok=False, kept=kept, error=(
-            f"training needs {memory / 2**20:.0f} MB, over the device's budget"),
-            metrics={"train_memory_mb": memory / 2**20})
+        return DeviceResult(
+            ok=False,
+            kept=kept,
+            error=(f"training needs {memory / 2**20:.0f} MB, over the device's budget"),
+            metrics={"train_memory_mb": memory / 2**20},
+        )
     pruner = _Pruner(res, peft_model, kept, plan, steps, data)
     if plan.prune_one_shot:
         pruner.one_shot()
-    optimizer = make_optimizer(peft_model, cfg.train.learning_rate, cfg.train.head_learning_rate,
-                               cfg.train.weight_decay, adapter.head_module_names)
+    optimizer = make_optimizer(
+        peft_model,
+        cfg.train.learning_rate,
+        cfg.train.head_learning_rate,
+        cfg.train.weight_decay,
+        adapter.head_module_names,
+    )
     pruner.optimizer = optimizer
-    stats = train_local(peft_model, data, steps, cfg.train.batch_size, optimizer,
-                        seed=cfg.run.seed * 100_003 + plan.round_num * 1009 + device.device_id,
-                        after_backward=pruner.after_backward, after_step=pruner.after_step)
+    stats = train_local(
+        peft_model,
+        data,
+        steps,
+        cfg.train.batch_size,
+        optimizer,
+        seed=cfg.run.seed * 100_003 + plan.round_num * 1009 + device.device_id,
+        after_backward=pruner.after_backward,
+        after_step=pruner.after_step,
+    )
     factors, head = get_lora_factors(peft_model), get_head_state(peft_model)
     bytes_down, bytes_up = _payload(down_factors, down_head), _payload(factors, head)
     cond = conditions_at(device, res.fleet_spec, plan.round_num)
-    compute_flops = pruner.flops + training_flops(peft_model, 2 * cfg.train.batch_size, seq_len,
-                                                  forward_only=True)
+    compute_flops = pruner.flops + training_flops(
+        peft_model, 2 * cfg.train.batch_size, seq_len, forward_only=True
+    )
     time_s = round_time_s(compute_flops, bytes_up, bytes_down, cond, device.latency_s)
     report = sparsity_report(pruner.kept, res.base.model.config)
-    return DeviceResult(ok=True, factors=factors, head=head, kept=pruner.kept, metrics={
-        "num_examples": stats.examples, "loss_before": stats.loss_before,
-        "loss_after": stats.loss_after, "time_s": time_s,
-        "compute_s": compute_flops / cond.flops_per_s, "bytes_up": bytes_up,
-        "bytes_down": bytes_down, "train_flops": compute_flops,
-        "train_memory_mb": memory / 2**20, "train_wall_s": stats.train_wall_s,
-        "sparsity": report["structure_sparsity"], "param_sparsity": report["param_sparsity"],
-        "params": report["params"], "lora_rank": plan.lora_rank,
-    })
+    return DeviceResult(
+        ok=True,
+        factors=factors,
+        head=head,
+        kept=pruner.kept,
+        metrics={
+            "num_examples": stats.examples,
+            "loss_before": stats.loss_before,
+            "loss_after": stats.loss_after,
+            "time_s": time_s,
+            "compute_s": compute_flops / cond.flops_per_s,
+            "bytes_up": bytes_up,
+            "bytes_down": bytes_down,
+            "train_flops": compute_flops,
+            "train_memory_mb": memory / 2**20,
+            "train_wall_s": stats.train_wall_s,
+            "sparsity": report["structures_removed"],
+            "param_sparsity": report["non_embedding_params_removed"],
+            "params": report["params"],
+            "lora_rank": plan.lora_rank,
+        },
+    )
 
 
 class _Pruner:
@@ -128,58 +165,80 @@ class _Pruner:
     def __init__(self, res, peft_model, kept, plan: DevicePlan, steps: int, data) -> None:
         self.res, self.model, self.kept, self.plan, self.data = res, peft_model, kept, plan, data
         cfg = res.config
+        self.adapter = res.base.adapter
         self.batch, self.seq = cfg.train.batch_size, cfg.data.max_seq_len
-        start = sparsity_report(kept, res.base.model.config)["structure_sparsity"]
+        start = sparsity_report(kept, res.base.model.config)["structures_removed"]
         self.active = plan.target_sparsity > start + 1e-9 and not plan.prune_one_shot
         points = prune_points(steps, cfg.pruning.prune_interval)
-        self.schedule = dict(zip(points, sparsity_schedule(start, plan.target_sparsity,
-                                                           len(points))))
-        self.importance = (make_importance(cfg.pruning.importance, peft_model,
-                                           res.base.adapter, beta=cfg.pruning.ema_beta)
-                           if self.active else None)
+        self.schedule = dict(
+            zip(points, sparsity_schedule(start, plan.target_sparsity, len(points)), strict=False)
+        )
+        self.lora_taylor = (
+            LoraTaylorImportance(self.adapter, cfg.pruning.ema_beta)
+            if self.active and cfg.pruning.importance == "lora-taylor"
+            else None
+        )
         self.flops = 0.0
         self.optimizer = None
 
     def after_backward(self, step: int) -> None:
         self.flops += training_flops(self.model, self.batch, self.seq)
-        if self.importance is not None:
-            self.importance.update()
+        if self.lora_taylor is not None:
+            self.lora_taylor.update(self.model, self.kept)
 
     def after_step(self, step: int) -> None:
-        if self.importance is None or step not in self.schedule:
+        if not self.active or step not in self.schedule:
             return
-        self.kept = prune_step(self.model, self.res.base.adapter, self.importance.scores(),
-                               self.kept, self.schedule[step], self.res.config.pruning.selection)
-        self.importance.reset()
+        self.kept = prune_step(
+            self.model,
+            self.adapter,
+            self._scores(),
+            self.kept,
+            self.schedule[step],
+            self.res.config.pruning.selection,
+        )
+        if self.lora_taylor is not None:
+            self.lora_taylor = LoraTaylorImportance(self.adapter, self.res.config.pruning.ema_beta)
         self._rebuild_optimizer()
+
+    def _scores(self):
+        kind = self.res.config.pruning.importance
+        if kind == "lora-taylor":
+            return self.lora_taylor.scores
+        if kind == "magnitude":
+            return magnitude_importance(self.model, self.adapter, self.kept)
+        return taylor_importance(self.model, self.adapter, self.kept, [self._calibration()])
+
+    def _calibration(self) -> dict[str, torch.Tensor]:
+        return self.data.batch(list(range(min(len(self.data), 4 * self.batch))))
 
     def _rebuild_optimizer(self) -> None:
         """Sliced LoRA tensors are new parameters: the optimizer must track the new ones."""
         cfg = self.res.config
-        fresh = make_optimizer(self.model, cfg.train.learning_rate, cfg.train.head_learning_rate,
-                               cfg.train.weight_decay, self.res.base.adapter.head_module_names)
+        fresh = make_optimizer(
+            self.model,
+            cfg.train.learning_rate,
+            cfg.train.head_learning_rate,
+            cfg.train.weight_decay,
+            self.adapter.head_module_names,
+        )
         self.optimizer.param_groups.clear()
         self.optimizer.state.clear()
         for group in fresh.param_groups:
             self.optimizer.add_param_group(group)
 
     def one_shot(self) -> None:
-        """Prune-then-tune: Taylor importance on one calibration batch, prune to target."""
-        importance = make_importance("taylor", self.model, self.res.base.adapter,
-                                     beta=0.0, calibration=self.data.batch(
-                                         list(range(min(len(self.data), 4 * self.batch)))))
-        self.kept = prune_step(self.model, self.res.base.adapter, importance.scores(), self.kept,
-                               self.plan.target_sparsity, self.res.config.pruning.selection)
-
-
-def evaluate_device_model(res: RunResources, kept: KeptIndices | None, rank: int,
-                          factors: dict[str, LoraFactors], head: dict[str, torch.Tensor],
-                          data) -> dict[str, float]:
-    """Accuracy of a device's pruned structure with the given LoRA and head on `data`."""
-    cfg = res.config
-    model = build_pruned_model(res.base.model, kept)
-    peft_model = attach_lora(model, res.base.adapter, rank, cfg.model.lora_alpha_per_rank,
-                             0.0, seed=0)
-    set_lora_factors(peft_model, factors)
-    set_head_state(peft_model, head)
-    return evaluate(peft_model, data)
+        """Prune-then-tune: Taylor importance on a calibration batch, prune to the target."""
+        calibration = self._calibration()
+        self.flops += training_flops(
+            self.model, calibration["labels"].shape[0], self.seq, frozen_base=False
+        )
+        scores = taylor_importance(self.model, self.adapter, self.kept, [calibration])
+        self.kept = prune_step(
+            self.model,
+            self.adapter,
+            scores,
+            self.kept,
+            self.plan.target_sparsity,
+            self.res.config.pruning.selection,
+        )

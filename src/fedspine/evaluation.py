@@ -14,39 +14,51 @@ from fedspine.resources import RunResources
 from fedspine.train import TokenisedData, evaluate
 
 
-def device_model(res: RunResources, global_lora: GlobalLora, kept: KeptIndices | None):
+def device_model(res: RunResources, global_lora: GlobalLora, kept: KeptIndices):
     """Rebuild a device's model: slice the shared base, attach the global LoRA at max rank."""
     rows, cols = kept_rows_cols(res, kept)
     model = build_pruned_model(res.base.model, kept)
-    peft_model = attach_lora(model, res.base.adapter, global_lora.max_rank,
-                             res.config.model.lora_alpha_per_rank, 0.0, seed=0)
+    peft_model = attach_lora(
+        model,
+        res.base.adapter,
+        global_lora.max_rank,
+        res.config.model.lora_alpha_per_rank,
+        0.0,
+        seed=0,
+    )
     set_lora_factors(peft_model, global_lora.downlink(rows, cols, global_lora.max_rank))
     set_head_state(peft_model, global_lora.head)
     return peft_model
 
 
-def kept_rows_cols(res: RunResources, kept: KeptIndices | None) -> tuple[dict, dict]:
-    if kept is None:
-        return {}, {}
-    per_module = module_kept_indices(res.base.adapter, kept, res.base.model.config)
+def full_kept(res: RunResources) -> KeptIndices:
+    return KeptIndices.full(res.base.adapter, res.base.model.config)
+
+
+def kept_rows_cols(res: RunResources, kept: KeptIndices) -> tuple[dict, dict]:
+    """Per LoRA module, the kept output rows and input columns (None = all) in full coordinates."""
+    per_module = module_kept_indices(res.base.adapter, kept)
     return ({n: r for n, (r, _) in per_module.items()}, {n: c for n, (_, c) in per_module.items()})
 
 
-def evaluate_device(res: RunResources, global_lora: GlobalLora, kept: KeptIndices | None,
-                    data: TokenisedData) -> dict[str, float]:
+def evaluate_device(
+    res: RunResources, global_lora: GlobalLora, kept: KeptIndices, data: TokenisedData
+) -> dict[str, float]:
     return evaluate(device_model(res, global_lora, kept), data)
 
 
 def final_eval_subset(res: RunResources) -> TokenisedData:
     """The same seeded test subset for every device's final model."""
     n = min(res.config.eval.final_eval_examples, len(res.test))
-    idx = np.sort(np.random.default_rng(res.config.run.seed + 2).choice(len(res.test), n,
-                                                                          replace=False))
+    idx = np.sort(
+        np.random.default_rng(res.config.run.seed + 2).choice(len(res.test), n, replace=False)
+    )
     return res.test.subset(idx.tolist())
 
 
-def representative(kept_by_device: dict[int, KeptIndices | None], sparsity: dict[int, float],
-                   count: int) -> list[int]:
+def representative(
+    kept_by_device: dict[int, KeptIndices], sparsity: dict[int, float], count: int
+) -> list[int]:
     """Devices to score in a round: the least and most pruned participants (cheap and telling)."""
     ordered = sorted(kept_by_device, key=lambda d: (sparsity[d], d))
     if len(ordered) <= count:

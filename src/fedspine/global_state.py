@@ -52,8 +52,9 @@ class GlobalLora:
     def downlink(self, rows: dict, cols: dict, rank: int) -> dict[str, LoraFactors]:
         """The global LoRA restricted to a device's kept coordinates, at the device's rank."""
         if self.aggregation == "masked-svd":
-            return restrict_and_truncate(_scale(self.factors, self.scaling), rows, cols, rank,
-                                         self.scaling)
+            return restrict_and_truncate(
+                _scale(self.factors, self.scaling), rows, cols, rank, self.scaling
+            )
         return {n: _slice(f, rows.get(n), cols.get(n), rank) for n, f in self.factors.items()}
 
     def aggregate(self, uploads: list[DeviceUpload]) -> None:
@@ -61,20 +62,25 @@ class GlobalLora:
         if not uploads:
             return
         self.head = {
-            key: average_tensors([u.head[key] for u in uploads],
-                                 [float(u.num_examples) for u in uploads])
+            key: average_tensors(
+                [u.head[key] for u in uploads], [float(u.num_examples) for u in uploads]
+            )
             for key in self.head
         }
         if self.aggregation == "fedavg":
             self.factors = fedavg_factors([_as_update(u, 1.0) for u in uploads])
             return
         if self.aggregation == "zero-pad":
-            self.factors = aggregate_zero_pad([_as_update(u, 1.0) for u in uploads],
-                                              self.full_shapes(), self.max_rank)
+            self.factors = aggregate_zero_pad(
+                [_as_update(u, 1.0) for u in uploads], self.full_shapes(), self.max_rank
+            )
             return
-        merged = aggregate_masked_svd([_as_update(u, self.scaling) for u in uploads],
-                                      self.full_shapes(), self.max_rank,
-                                      previous=_scale(self.factors, self.scaling))
+        merged = aggregate_masked_svd(
+            [_as_update(u, self.scaling) for u in uploads],
+            self.full_shapes(),
+            self.max_rank,
+            previous=_scale(self.factors, self.scaling),
+        )
         self.factors = _scale(merged, 1.0 / self.scaling)
 
 
@@ -97,8 +103,13 @@ def update_norm(global_lora: GlobalLora, upload: DeviceUpload) -> float:
 
 
 def _as_update(upload: DeviceUpload, scaling: float) -> DeviceLoraUpdate:
-    return DeviceLoraUpdate(factors=upload.factors, scaling=scaling, rows=upload.rows,
-                            cols=upload.cols, num_examples=upload.num_examples)
+    return DeviceLoraUpdate(
+        factors=upload.factors,
+        scaling=scaling,
+        rows=upload.rows,
+        cols=upload.cols,
+        num_examples=upload.num_examples,
+    )
 
 
 def _slice(f: LoraFactors, rows, cols, rank: int) -> LoraFactors:

@@ -41,7 +41,9 @@ def fleet_spec_from(section: FleetSection, seed: int) -> FleetSpec:
     total = sum(count for *_, count in tiers)
     return FleetSpec(
         num_devices=section.num_devices,
-        tiers=tuple(TierSpec(name, tflops, mem, count / total) for name, tflops, mem, count in tiers),
+        tiers=tuple(
+            TierSpec(name, tflops, mem, count / total) for name, tflops, mem, count in tiers
+        ),
         efficiency=section.efficiency,
         device_jitter=section.device_jitter,
         bandwidth_mbps_range=(section.bandwidth_min_mbps, section.bandwidth_max_mbps),
@@ -59,15 +61,17 @@ def _subsample(ds: TextDataset, limit: int, seed: int) -> TextDataset:
     if limit <= 0 or len(ds.labels) <= limit:
         return ds
     keep = np.sort(np.random.default_rng(seed).choice(len(ds.labels), limit, replace=False))
-    return TextDataset([ds.texts[i] for i in keep], [ds.labels[i] for i in keep],
-                       ds.label_names, ds.name)
+    return TextDataset(
+        [ds.texts[i] for i in keep], [ds.labels[i] for i in keep], ds.label_names, ds.name
+    )
 
 
 def load_data(config: Config) -> tuple[TextDataset, TextDataset]:
     data = config.data
     full = load_dataset(data.dataset, data.text_column, data.label_column)
-    train, test = train_test_split(full, data.test_fraction, config.run.seed,
-                                   max_test=data.max_test_examples)
+    train, test = train_test_split(
+        full, data.test_fraction, config.run.seed, max_test=data.max_test_examples
+    )
     return _subsample(train, data.max_train_examples, config.run.seed), test
 
 
@@ -81,11 +85,21 @@ def build_resources(config: Config) -> RunResources:
     n_eval = min(config.data.round_eval_examples, len(test))
     eval_idx = np.sort(np.random.default_rng(seed + 1).choice(len(test), n_eval, replace=False))
     alpha = None if config.data.iid else config.data.dirichlet_alpha
-    partitions = partition_indices(train.labels, config.fleet.num_devices, alpha, seed,
-                                   min_size=config.train.batch_size)
+    partitions = partition_indices(
+        train.labels, config.fleet.num_devices, alpha, seed, min_size=config.train.batch_size
+    )
     spec = fleet_spec_from(config.fleet, seed)
-    return RunResources(config, base, list(train_text.label_names), train, test,
-                        test.subset(eval_idx.tolist()), partitions, spec, make_fleet(spec))
+    return RunResources(
+        config,
+        base,
+        list(train_text.label_names),
+        train,
+        test,
+        test.subset(eval_idx.tolist()),
+        partitions,
+        spec,
+        make_fleet(spec),
+    )
 
 
 @functools.lru_cache(maxsize=2)

@@ -11,7 +11,13 @@ from typing import Any
 
 from fedspine.config import Config, config_to_dict, config_to_toml
 from fedspine.report.progress import RunProgress
-from fedspine.report.record import CONFIG_FILE, SUMMARY_FILE, RunDirectory, write_json_atomic, write_text_atomic
+from fedspine.report.record import (
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    RunDirectory,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 OFFLINE_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -48,8 +54,9 @@ def quiet_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def simulate(config: Config, out: str | Path | None = None,
-             progress: RunProgress | None = None) -> Path:
+def simulate(
+    config: Config, out: str | Path | None = None, progress: RunProgress | None = None
+) -> Path:
     """Run `config` on the Simulation Engine (one Ray actor per worker); return the run dir."""
     os.environ.update(OFFLINE_ENV)
     from flwr.simulation import run_simulation
@@ -62,12 +69,22 @@ def simulate(config: Config, out: str | Path | None = None,
     run_dir = new_run_dir(config, out)
     outcome: dict[str, Any] = {}
     server_app = make_server_app(config, run_dir, outcome, progress)
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-               "init_args": {"num_cpus": config.run.workers, "include_dashboard": False,
-                             "logging_level": "error", "log_to_driver": False}}
+    backend = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": config.run.workers,
+            "include_dashboard": False,
+            "logging_level": "error",
+            "log_to_driver": False,
+        },
+    }
     quiet_logs()
-    run_simulation(server_app=server_app, client_app=client_app,
-                   num_supernodes=config.fleet.num_devices, backend_config=backend)
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=config.fleet.num_devices,
+        backend_config=backend,
+    )
     if "error" in outcome:
         run_dir.abandon()
         raise outcome["error"]

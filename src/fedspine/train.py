@@ -37,7 +37,8 @@ class TokenisedData:
 
     def subset(self, indices: list[int]) -> TokenisedData:
         return TokenisedData(
-            [self.input_ids[i] for i in indices], [self.labels[i] for i in indices],
+            [self.input_ids[i] for i in indices],
+            [self.labels[i] for i in indices],
             self.pad_token_id,
         )
 
@@ -48,9 +49,7 @@ def tokenise(texts: list[str], labels: list[int], tokenizer, max_seq_len: int) -
     return TokenisedData(list(encoded["input_ids"]), list(labels), int(tokenizer.pad_token_id))
 
 
-def batch_stream(
-    num_examples: int, batch_size: int, seed: int
-) -> Iterator[np.ndarray]:
+def batch_stream(num_examples: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:
     """Endless shuffled epochs over a device's local examples (seeded, reproducible)."""
     rng = np.random.default_rng(seed)
     size = min(batch_size, num_examples)
@@ -84,8 +83,13 @@ def batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float:
     return loss
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, head_lr: float, weight_decay: float,
-                   head_names: tuple[str, ...]) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: torch.nn.Module,
+    lr: float,
+    head_lr: float,
+    weight_decay: float,
+    head_names: tuple[str, ...],
+) -> torch.optim.Optimizer:
     """AdamW over trainable params; the new task head gets its own (higher) learning rate."""
     head, lora = [], []
     for name, param in model.named_parameters():
@@ -138,8 +142,9 @@ def train_local(
             after_step(step)
     train_wall_s = time.perf_counter() - start
     model.eval()
-    return LocalTrainStats(loss_before, batch_loss(model, probe), steps, examples, tokens,
-                           train_wall_s)
+    return LocalTrainStats(
+        loss_before, batch_loss(model, probe), steps, examples, tokens, train_wall_s
+    )
 
 
 @torch.no_grad()

@@ -104,14 +104,19 @@ def compute_reward(
 ) -> RewardParts:
     """Reward of one completed device round; see the module docstring for each term."""
     if time_s < 0 or median_time_s <= 0:
-        raise ValueError(f"times must be time_s >= 0 and median_time_s > 0, got "
-                         f"{time_s}, {median_time_s}")
+        raise ValueError(
+            f"times must be time_s >= 0 and median_time_s > 0, got {time_s}, {median_time_s}"
+        )
     loss_gain = _loss_gain(loss_before, loss_after)
     prune_progress = _prune_progress(sparsity_before, sparsity_after, target_sparsity)
     importance = _clip01(update_norm / max_update_norm) if max_update_norm > 0 else 0.0
     time_ratio = min(time_s / median_time_s, weights.max_time_ratio)
-    total = (weights.w_loss * loss_gain + weights.w_prune * prune_progress
-             + weights.w_imp * importance - weights.w_time * time_ratio)
+    total = (
+        weights.w_loss * loss_gain
+        + weights.w_prune * prune_progress
+        + weights.w_imp * importance
+        - weights.w_time * time_ratio
+    )
     return RewardParts(loss_gain, prune_progress, importance, time_ratio, total)
 
 

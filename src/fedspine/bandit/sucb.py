@@ -107,9 +107,14 @@ class SmoothUCB:
         self.config: dict[str, Any] = {
             "p_range": (float(p_range[0]), float(p_range[1])),
             "rank_range": (int(rank_range[0]), int(rank_range[1])),
-            "c": float(c), "smoothness": float(smoothness), "split_after": float(split_after),
-            "split_growth": float(split_growth), "max_depth": int(max_depth),
-            "discount": float(discount), "rank_grid": rank_grid, "seed": int(seed),
+            "c": float(c),
+            "smoothness": float(smoothness),
+            "split_after": float(split_after),
+            "split_growth": float(split_growth),
+            "max_depth": int(max_depth),
+            "discount": float(discount),
+            "rank_grid": rank_grid,
+            "seed": int(seed),
         }
         self._validate()
         self._p_lo, self._p_hi = self.config["p_range"]
@@ -125,18 +130,25 @@ class SmoothUCB:
         (p_min, p_max), (r_min, r_max) = cfg["p_range"], cfg["rank_range"]
         pow2_ok = _is_power_of_two(r_min) and _is_power_of_two(r_max)
         checks = [
-            (0.0 <= p_min <= p_max < 1.0,
-             f"p_range must satisfy 0 <= min <= max < 1, got {(p_min, p_max)}"),
-            (1 <= r_min <= r_max,
-             f"rank_range must satisfy 1 <= min <= max, got {(r_min, r_max)}"),
-            (cfg["rank_grid"] in ("pow2", "int"),
-             f"rank_grid must be 'pow2' or 'int', got {cfg['rank_grid']!r}"),
-            (cfg["rank_grid"] != "pow2" or pow2_ok,
-             f"rank_grid='pow2' needs power-of-two rank_range ends, got {(r_min, r_max)}; "
-             "use 'int'"),
+            (
+                0.0 <= p_min <= p_max < 1.0,
+                f"p_range must satisfy 0 <= min <= max < 1, got {(p_min, p_max)}",
+            ),
+            (1 <= r_min <= r_max, f"rank_range must satisfy 1 <= min <= max, got {(r_min, r_max)}"),
+            (
+                cfg["rank_grid"] in ("pow2", "int"),
+                f"rank_grid must be 'pow2' or 'int', got {cfg['rank_grid']!r}",
+            ),
+            (
+                cfg["rank_grid"] != "pow2" or pow2_ok,
+                f"rank_grid='pow2' needs power-of-two rank_range ends, got {(r_min, r_max)}; "
+                "use 'int'",
+            ),
             (cfg["c"] >= 0 and cfg["smoothness"] >= 0, "c and smoothness must be >= 0"),
-            (cfg["split_after"] >= 1 and cfg["split_growth"] >= 1,
-             "split_after and split_growth must be >= 1"),
+            (
+                cfg["split_after"] >= 1 and cfg["split_growth"] >= 1,
+                "split_after and split_growth must be >= 1",
+            ),
             (cfg["max_depth"] >= 0, "max_depth must be >= 0"),
             (0.0 < cfg["discount"] <= 1.0, f"discount must be in (0, 1], got {cfg['discount']}"),
         ]
@@ -193,8 +205,9 @@ class SmoothUCB:
 
     def _best_leaf(self, lo: float, hi: float) -> int:
         log_t = math.log1p(self.t)
-        candidates = [i for i in self._leaves
-                      if self._cells[i].lo[0] <= hi and self._cells[i].hi[0] >= lo]
+        candidates = [
+            i for i in self._leaves if self._cells[i].lo[0] <= hi and self._cells[i].hi[0] >= lo
+        ]
         scores = np.array([self._index(self._cells[i], log_t) for i in candidates])
         best = np.flatnonzero(scores == scores.max())
         return candidates[int(self._rng.choice(best))]
@@ -205,8 +218,10 @@ class SmoothUCB:
         if not math.isfinite(reward):
             raise ValueError(f"reward must be finite, got {reward!r}")
         log2_rank = arm.log2_rank_point
-        point = (self._norm_p(arm.prune_ratio),
-                 self._norm_u(math.log2(arm.lora_rank) if log2_rank is None else log2_rank))
+        point = (
+            self._norm_p(arm.prune_ratio),
+            self._norm_u(math.log2(arm.lora_rank) if log2_rank is None else log2_rank),
+        )
         self.t += 1
         index = 0
         while True:
@@ -244,25 +259,36 @@ class SmoothUCB:
         rows = []
         for i in self._leaves:
             cell = self._cells[i]
-            rows.append({
-                "p_lo": self._p_lo + cell.lo[0] * (self._p_hi - self._p_lo),
-                "p_hi": self._p_lo + cell.hi[0] * (self._p_hi - self._p_lo),
-                "log2_rank_lo": self._u_lo + cell.lo[1] * (self._u_hi - self._u_lo),
-                "log2_rank_hi": self._u_lo + cell.hi[1] * (self._u_hi - self._u_lo),
-                "count": cell.weight,
-                "mean": cell.reward_sum / cell.weight if cell.weight > 0 else None,
-            })
+            rows.append(
+                {
+                    "p_lo": self._p_lo + cell.lo[0] * (self._p_hi - self._p_lo),
+                    "p_hi": self._p_lo + cell.hi[0] * (self._p_hi - self._p_lo),
+                    "log2_rank_lo": self._u_lo + cell.lo[1] * (self._u_hi - self._u_lo),
+                    "log2_rank_hi": self._u_lo + cell.hi[1] * (self._u_hi - self._u_lo),
+                    "count": cell.weight,
+                    "mean": cell.reward_sum / cell.weight if cell.weight > 0 else None,
+                }
+            )
         return rows
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable state (config, tree, RNG state): from_dict resumes exactly."""
         return {
-            "config": {**self.config, "p_range": list(self.config["p_range"]),
-                       "rank_range": list(self.config["rank_range"])},
+            "config": {
+                **self.config,
+                "p_range": list(self.config["p_range"]),
+                "rank_range": list(self.config["rank_range"]),
+            },
             "t": self.t,
-            "cells": [{**asdict(cell), "lo": list(cell.lo), "hi": list(cell.hi),
-                       "children": None if cell.children is None else list(cell.children)}
-                      for cell in self._cells],
+            "cells": [
+                {
+                    **asdict(cell),
+                    "lo": list(cell.lo),
+                    "hi": list(cell.hi),
+                    "children": None if cell.children is None else list(cell.children),
+                }
+                for cell in self._cells
+            ],
             "leaves": list(self._leaves),
             "rng": self._rng.bit_generator.state,
         }
@@ -273,8 +299,14 @@ class SmoothUCB:
         bandit = cls(tuple(config.pop("p_range")), tuple(config.pop("rank_range")), **config)
         bandit.t = int(state["t"])
         bandit._cells = [
-            _Cell(**{**cell, "lo": tuple(cell["lo"]), "hi": tuple(cell["hi"]),
-                     "children": None if cell["children"] is None else tuple(cell["children"])})
+            _Cell(
+                **{
+                    **cell,
+                    "lo": tuple(cell["lo"]),
+                    "hi": tuple(cell["hi"]),
+                    "children": None if cell["children"] is None else tuple(cell["children"]),
+                }
+            )
             for cell in state["cells"]
         ]
         bandit._leaves = [int(i) for i in state["leaves"]]
@@ -312,10 +344,15 @@ class BanditPool:
         if bucket_width_log2 <= 0 or not 0 < speed_ema <= 1:
             raise ConfigError("bandit: bucket_width_log2 must be > 0 and speed_ema in (0, 1]")
         self.config: dict[str, Any] = {
-            "mode": mode, "p_range": tuple(p_range), "rank_range": tuple(rank_range),
-            "own_after": int(own_after), "group_after": int(group_after),
-            "bucket_width_log2": float(bucket_width_log2), "speed_ema": float(speed_ema),
-            "tree_options": dict(tree_options or {}), "seed": int(seed),
+            "mode": mode,
+            "p_range": tuple(p_range),
+            "rank_range": tuple(rank_range),
+            "own_after": int(own_after),
+            "group_after": int(group_after),
+            "bucket_width_log2": float(bucket_width_log2),
+            "speed_ema": float(speed_ema),
+            "tree_options": dict(tree_options or {}),
+            "seed": int(seed),
         }
         SmoothUCB(p_range, rank_range, **self.config["tree_options"])  # validate once, early
         self._own: dict[Any, SmoothUCB] = {}
@@ -351,8 +388,9 @@ class BanditPool:
         """The device's current speed bucket (None until its speed is known or per-device)."""
         if self.config["mode"] != "shared" or device_id not in self._log2_speed:
             return None
-        return speed_bucket(self._log2_speed[device_id], self._reference_log2,
-                            self.config["bucket_width_log2"])
+        return speed_bucket(
+            self._log2_speed[device_id], self._reference_log2, self.config["bucket_width_log2"]
+        )
 
     def source_of(self, device_id: Any) -> TreeSource:
         """Which tree the next proposal for this device comes from (for logging)."""
@@ -360,10 +398,14 @@ class BanditPool:
         if self.config["mode"] == "per-device":
             return "own"
         bucket = self.group_of(device_id)
-        group_pulls = None if bucket is None else (
-            self._groups[bucket].pulls if bucket in self._groups else 0)
-        return choose_tree_source(own_pulls, group_pulls, self.config["own_after"],
-                                  self.config["group_after"])
+        group_pulls = (
+            None
+            if bucket is None
+            else (self._groups[bucket].pulls if bucket in self._groups else 0)
+        )
+        return choose_tree_source(
+            own_pulls, group_pulls, self.config["own_after"], self.config["group_after"]
+        )
 
     def propose(self, device_id: Any, p_floor: float = 0.0, p_cap: float | None = None) -> Arm:
         source = self.source_of(device_id)
@@ -375,15 +417,17 @@ class BanditPool:
             tree = self._fleet_tree()
         return tree.propose(p_floor, p_cap)
 
-    def update(self, device_id: Any, arm: Arm, reward: float,
-               effective_speed: float | None = None) -> None:
+    def update(
+        self, device_id: Any, arm: Arm, reward: float, effective_speed: float | None = None
+    ) -> None:
         """Record a device's reward; ``effective_speed`` (work units / s) regroups it."""
         self._own_tree(device_id).update(arm, reward)
         if self.config["mode"] == "per-device":
             return
         if effective_speed is not None:
-            log2_speed = smoothed_log2_speed(self._log2_speed.get(device_id), effective_speed,
-                                             self.config["speed_ema"])
+            log2_speed = smoothed_log2_speed(
+                self._log2_speed.get(device_id), effective_speed, self.config["speed_ema"]
+            )
             self._log2_speed[device_id] = log2_speed
             if self._reference_log2 is None:
                 self._reference_log2 = log2_speed
@@ -396,14 +440,18 @@ class BanditPool:
         """Current speed bucket -> devices (shared mode; empty before any speed)."""
         if self._reference_log2 is None:
             return {}
-        return group_devices(self._log2_speed, self._reference_log2,
-                             self.config["bucket_width_log2"])
+        return group_devices(
+            self._log2_speed, self._reference_log2, self.config["bucket_width_log2"]
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable state; device ids must be JSON values (str or int)."""
         return {
-            "config": {**self.config, "p_range": list(self.config["p_range"]),
-                       "rank_range": list(self.config["rank_range"])},
+            "config": {
+                **self.config,
+                "p_range": list(self.config["p_range"]),
+                "rank_range": list(self.config["rank_range"]),
+            },
             "own": [[device_id, tree.to_dict()] for device_id, tree in self._own.items()],
             "groups": [[bucket, tree.to_dict()] for bucket, tree in self._groups.items()],
             "fleet": None if self._fleet is None else self._fleet.to_dict(),
@@ -415,8 +463,12 @@ class BanditPool:
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> BanditPool:
         config = dict(state["config"])
-        pool = cls(config.pop("mode"), tuple(config.pop("p_range")),
-                   tuple(config.pop("rank_range")), **config)
+        pool = cls(
+            config.pop("mode"),
+            tuple(config.pop("p_range")),
+            tuple(config.pop("rank_range")),
+            **config,
+        )
         pool._own = {device_id: SmoothUCB.from_dict(tree) for device_id, tree in state["own"]}
         pool._groups = {int(b): SmoothUCB.from_dict(tree) for b, tree in state["groups"]}
         pool._fleet = None if state["fleet"] is None else SmoothUCB.from_dict(state["fleet"])

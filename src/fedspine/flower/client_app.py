@@ -47,22 +47,36 @@ def train(msg: Message, context: Context) -> Message:
     res = load_resources(str(plan_record[P.CONFIG_JSON]))
     device = res.fleet[int(context.node_config["partition-id"])]
     # 2. The plan, the device's kept-index map and the down-linked LoRA.
-    kept_json = str(plan_record[P.KEPT_JSON])
-    kept = KeptIndices.from_dict(json.loads(kept_json)) if kept_json else None
-    plan = DevicePlan(int(plan_record[P.ROUND]), int(plan_record[P.LORA_RANK]), float(plan_record[P.TARGET_SPARSITY]),
-                      bool(plan_record[P.PRUNE_ONE_SHOT]), int(plan_record[P.LOCAL_STEPS]))
+    kept = KeptIndices.from_dict(json.loads(str(plan_record[P.KEPT_JSON])))
+    plan = DevicePlan(
+        int(plan_record[P.ROUND]),
+        int(plan_record[P.LORA_RANK]),
+        float(plan_record[P.TARGET_SPARSITY]),
+        bool(plan_record[P.PRUNE_ONE_SHOT]),
+        int(plan_record[P.LOCAL_STEPS]),
+    )
     factors = P.tensors_to_factors(msg.content[P.LORA].to_torch_state_dict())
     head = msg.content[P.HEAD].to_torch_state_dict()
     # 3. Train and prune locally, costed on the simulated clock.
     result = run_device_round(res, device, plan, kept, factors, head)
     # 4. Reply: LoRA in the device's own coordinates and rank, its kept map and its report.
-    metrics = {**result.metrics, P.OK: int(result.ok), P.HANDLER_WALL_S: time.perf_counter() - start}
-    meta = {P.DEVICE_ID: device.device_id, P.TIER: device.tier, P.ERROR: result.error,
-            P.KEPT_JSON: json.dumps(result.kept.to_dict()) if result.kept else ""}
-    content = RecordDict({
-        P.LORA: ArrayRecord(torch_state_dict=P.factors_to_tensors(result.factors)),
-        P.HEAD: ArrayRecord(torch_state_dict=result.head),
-        P.REPORT: MetricRecord({k: float(v) for k, v in metrics.items()}),
-        P.DEVICE_META: ConfigRecord(meta),
-    })
+    metrics = {
+        **result.metrics,
+        P.OK: int(result.ok),
+        P.HANDLER_WALL_S: time.perf_counter() - start,
+    }
+    meta = {
+        P.DEVICE_ID: device.device_id,
+        P.TIER: device.tier,
+        P.ERROR: result.error,
+        P.KEPT_JSON: json.dumps(result.kept.to_dict()) if result.kept else "",
+    }
+    content = RecordDict(
+        {
+            P.LORA: ArrayRecord(torch_state_dict=P.factors_to_tensors(result.factors)),
+            P.HEAD: ArrayRecord(torch_state_dict=result.head),
+            P.REPORT: MetricRecord({k: float(v) for k, v in metrics.items()}),
+            P.DEVICE_META: ConfigRecord(meta),
+        }
+    )
     return Message(content=content, reply_to=msg)

@@ -15,12 +15,12 @@ from flwr.serverapp import Grid
 
 from fedspine import protocol as P
 from fedspine.config import Config, config_to_dict
-from fedspine.evaluation import evaluate_device, final_eval_subset, representative
+from fedspine.evaluation import evaluate_device, final_eval_subset, full_kept, representative
 from fedspine.flower.strategy import DeviceState, FedspineStrategy
 from fedspine.global_state import GlobalLora
 from fedspine.lora.peft_io import attach_lora, get_head_state, get_lora_factors
 from fedspine.methods.registry import get_method, global_rank
-from fedspine.pruning import build_pruned_model, sparsity_report
+from fedspine.pruning import KeptIndices, build_pruned_model, sparsity_report
 from fedspine.report.progress import NullProgress, RunProgress
 from fedspine.report.record import RunDirectory
 from fedspine.report.summary import build_summary
@@ -32,10 +32,21 @@ NODE_WAIT_S = 120.0
 def initial_global_lora(res: RunResources, rank: int, aggregation: str) -> GlobalLora:
     """Seeded LoRA init (A random, B zero) and the new head, shared by every device."""
     cfg = res.config
-    peft_model = attach_lora(build_pruned_model(res.base.model, None), res.base.adapter, rank,
-                             cfg.model.lora_alpha_per_rank, 0.0, seed=cfg.run.seed)
-    return GlobalLora(get_lora_factors(peft_model), get_head_state(peft_model),
-                      cfg.model.lora_alpha_per_rank, rank, aggregation)
+    peft_model = attach_lora(
+        build_pruned_model(res.base.model, full_kept(res)),
+        res.base.adapter,
+        rank,
+        cfg.model.lora_alpha_per_rank,
+        0.0,
+        seed=cfg.run.seed,
+    )
+    return GlobalLora(
+        get_lora_factors(peft_model),
+        get_head_state(peft_model),
+        cfg.model.lora_alpha_per_rank,
+        rank,
+        aggregation,
+    )
 
 
 def wait_for_nodes(grid: Grid, count: int) -> list[int]:
@@ -47,29 +58,39 @@ def wait_for_nodes(grid: Grid, count: int) -> list[int]:
         time.sleep(0.2)
 
 
-def register_devices(grid: Grid, nodes: list[int], config_json: str) -> dict[int, DeviceState]:
+def register_devices(
+    grid: Grid, nodes: list[int], config_json: str, full: KeptIndices
+) -> dict[int, DeviceState]:
     """Ask every node who it is (device id, announced hardware class)."""
     plan = ConfigRecord({P.CONFIG_JSON: config_json})
-    messages = [Message(content=RecordDict({P.PLAN: plan}), message_type="query", dst_node_id=n)
-                for n in nodes]
+    messages = [
+        Message(content=RecordDict({P.PLAN: plan}), message_type="query", dst_node_id=n)
+        for n in nodes
+    ]
     devices = {}
     for reply in grid.send_and_receive(messages):
         if reply.has_error():
             raise RuntimeError(f"device registration failed: {reply.error.reason}")
         meta = reply.content[P.DEVICE_META]
         node = reply.metadata.src_node_id
-        devices[node] = DeviceState(node, int(meta[P.DEVICE_ID]), str(meta[P.TIER]))
+        devices[node] = DeviceState(node, int(meta[P.DEVICE_ID]), str(meta[P.TIER]), full)
     return devices
 
 
 def participant_row(outcome: dict) -> dict:
     row = {
-        "device": outcome.get("device"), "tier": outcome.get("tier"),
-        "prune_ratio": outcome.get(P.SPARSITY, 0.0), "lora_rank": int(outcome.get(P.USED_RANK, 0)),
-        "time_s": outcome.get(P.TIME_S, 0.0), "bytes_up": int(outcome.get(P.BYTES_UP, 0)),
-        "bytes_down": int(outcome.get(P.BYTES_DOWN, 0)), "ok": bool(outcome.get("ok")),
-        "loss_before": outcome.get(P.LOSS_BEFORE), "loss_after": outcome.get(P.LOSS_AFTER),
-        "train_wall_s": outcome.get(P.TRAIN_WALL_S), "handler_wall_s": outcome.get(P.HANDLER_WALL_S),
+        "device": outcome.get("device"),
+        "tier": outcome.get("tier"),
+        "prune_ratio": outcome.get(P.SPARSITY, 0.0),
+        "lora_rank": int(outcome.get(P.USED_RANK, 0)),
+        "time_s": outcome.get(P.TIME_S, 0.0),
+        "bytes_up": int(outcome.get(P.BYTES_UP, 0)),
+        "bytes_down": int(outcome.get(P.BYTES_DOWN, 0)),
+        "ok": bool(outcome.get("ok")),
+        "loss_before": outcome.get(P.LOSS_BEFORE),
+        "loss_after": outcome.get(P.LOSS_AFTER),
+        "train_wall_s": outcome.get(P.TRAIN_WALL_S),
+        "handler_wall_s": outcome.get(P.HANDLER_WALL_S),
     }
     if outcome.get("reward"):
         row["reward"] = outcome["reward"]
@@ -81,20 +102,32 @@ def participant_row(outcome: dict) -> dict:
 def evaluate_round(res: RunResources, strategy: FedspineStrategy, outcomes: list[dict]) -> dict:
     """Accuracy of this round's models: the global model, or representative pruned devices."""
     if not strategy.method.prunes:
-        return evaluate_device(res, strategy.global_lora, None, res.round_eval)
+        return evaluate_device(res, strategy.global_lora, full_kept(res), res.round_eval)
     by_device = {s.device_id: s for s in strategy.devices.values()}
     ok = {o["device"]: by_device[o["device"]] for o in outcomes if o.get("ok")}
     if not ok:
         return {"accuracy": None, "loss": None}
-    picks = representative({d: s.kept for d, s in ok.items()},
-                           {d: s.sparsity for d, s in ok.items()}, res.config.eval.round_devices)
+    picks = representative(
+        {d: s.kept for d, s in ok.items()},
+        {d: s.sparsity for d, s in ok.items()},
+        res.config.eval.round_devices,
+    )
     scores = [evaluate_device(res, strategy.global_lora, ok[d].kept, res.round_eval) for d in picks]
-    return {"accuracy": sum(s["accuracy"] for s in scores) / len(scores),
-            "loss": sum(s["loss"] for s in scores) / len(scores), "evaluated_devices": picks}
+    return {
+        "accuracy": sum(s["accuracy"] for s in scores) / len(scores),
+        "loss": sum(s["loss"] for s in scores) / len(scores),
+        "evaluated_devices": picks,
+    }
 
 
-def run_round(grid: Grid, strategy: FedspineStrategy, messages: Iterable[Message],
-              round_num: int, clock: dict, progress: RunProgress) -> dict:
+def run_round(
+    grid: Grid,
+    strategy: FedspineStrategy,
+    messages: Iterable[Message],
+    round_num: int,
+    clock: dict,
+    progress: RunProgress,
+) -> dict:
     """Send one round, aggregate, evaluate, and return its rounds.jsonl row."""
     start = time.perf_counter()
     replies = grid.send_and_receive(list(messages))
@@ -104,11 +137,16 @@ def run_round(grid: Grid, strategy: FedspineStrategy, messages: Iterable[Message
     metrics = evaluate_round(strategy.res, strategy, outcomes)
     clock["sim"] += max((o.get(P.TIME_S, 0.0) for o in outcomes), default=0.0)
     clock["wall"] += time.perf_counter() - start
-    row = {"round": round_num, "sim_time_s": clock["sim"], "wall_time_s": clock["wall"],
-           "accuracy": metrics.get("accuracy"), "loss": metrics.get("loss"),
-           "round_wall_s": time.perf_counter() - start,
-           "eval_wall_s": time.perf_counter() - train_done,
-           "participants": [participant_row(o) for o in outcomes]}
+    row = {
+        "round": round_num,
+        "sim_time_s": clock["sim"],
+        "wall_time_s": clock["wall"],
+        "accuracy": metrics.get("accuracy"),
+        "loss": metrics.get("loss"),
+        "round_wall_s": time.perf_counter() - start,
+        "eval_wall_s": time.perf_counter() - train_done,
+        "participants": [participant_row(o) for o in outcomes],
+    }
     if "evaluated_devices" in metrics:
         row["evaluated_devices"] = metrics["evaluated_devices"]
     progress.round_done(row)
@@ -120,7 +158,10 @@ def final_round(grid: Grid, strategy: FedspineStrategy, round_num: int) -> list[
     sparsity' comparison needs every device at the target, rarely-sampled ones included."""
     target = strategy.res.config.pruning.target_sparsity
     laggards = [n for n, s in strategy.devices.items() if s.sparsity < target - 1e-6]
-    steps = strategy.res.config.pruning.final_recovery_steps + strategy.res.config.pruning.prune_interval
+    steps = (
+        strategy.res.config.pruning.final_recovery_steps
+        + strategy.res.config.pruning.prune_interval
+    )
     return [strategy.train_message(n, round_num, True, grid, local_steps=steps) for n in laggards]
 
 
@@ -130,19 +171,28 @@ def final_device_scores(res: RunResources, strategy: FedspineStrategy) -> list[d
     cache: dict[str, dict] = {}
     rows = []
     for state in sorted(strategy.devices.values(), key=lambda s: s.device_id):
-        key = json.dumps(state.kept.to_dict()) if state.kept else ""
+        key = json.dumps(state.kept.to_dict())
         if key not in cache:
             cache[key] = evaluate_device(res, strategy.global_lora, state.kept, subset)
         report = sparsity_report(state.kept, res.base.model.config)
-        rows.append({"id": state.device_id, "tier": state.tier, "prune_ratio": state.sparsity,
-                     "param_sparsity": report["param_sparsity"], "lora_rank": state.last_rank,
-                     "params": report["params"], "accuracy": cache[key]["accuracy"],
-                     "rounds_participated": state.rounds_seen})
+        rows.append(
+            {
+                "id": state.device_id,
+                "tier": state.tier,
+                "prune_ratio": state.sparsity,
+                "param_sparsity": report["non_embedding_params_removed"],
+                "lora_rank": state.last_rank,
+                "params": report["params"],
+                "accuracy": cache[key]["accuracy"],
+                "rounds_participated": state.rounds_seen,
+            }
+        )
     return rows
 
 
-def run_federation(grid: Grid, config: Config, run_dir: RunDirectory,
-                   progress: RunProgress | None = None) -> dict:
+def run_federation(
+    grid: Grid, config: Config, run_dir: RunDirectory, progress: RunProgress | None = None
+) -> dict:
     """The whole run; returns the summary (also written to the run directory)."""
     progress = progress or NullProgress()
     config_json = json.dumps(config_to_dict(config), sort_keys=True)
@@ -151,11 +201,13 @@ def run_federation(grid: Grid, config: Config, run_dir: RunDirectory,
     res = load_resources(config_json)
     method = get_method(config.run.method)
     global_lora = initial_global_lora(res, global_rank(method, config), method.aggregation)
-    strategy = FedspineStrategy(method, method.make_planner(config, config.fleet.num_devices),
-                                global_lora, res, config_json)
+    strategy = FedspineStrategy(
+        method, method.make_planner(config, config.fleet.num_devices), global_lora, res, config_json
+    )
     progress.phase("registering devices")
-    strategy.devices = register_devices(grid, wait_for_nodes(grid, config.fleet.num_devices),
-                                        config_json)
+    strategy.devices = register_devices(
+        grid, wait_for_nodes(grid, config.fleet.num_devices), config_json, full_kept(res)
+    )
     clock = {"sim": 0.0, "wall": 0.0}
     progress.start_rounds(config.run.rounds + int(method.prunes))
     rows = []
@@ -171,7 +223,8 @@ def run_federation(grid: Grid, config: Config, run_dir: RunDirectory,
             run_dir.append_round(rows[-1])
     progress.phase("evaluating every device's final model")
     devices = final_device_scores(res, strategy)
-    global_scores = evaluate_device(res, strategy.global_lora, None, res.test)
+    global_scores = evaluate_device(res, strategy.global_lora, full_kept(res), res.test)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return build_summary(config, res, rows, devices, global_scores,
-                         time.perf_counter() - started, peak_rss_mb)
+    return build_summary(
+        config, res, rows, devices, global_scores, time.perf_counter() - started, peak_rss_mb
+    )

@@ -19,8 +19,12 @@ from fedspine.report.progress import RunProgress
 from fedspine.report.record import RunDirectory
 
 
-def make_server_app(config: Config, run_dir: RunDirectory, outcome: dict[str, Any],
-                    progress: RunProgress | None = None) -> ServerApp:
+def make_server_app(
+    config: Config,
+    run_dir: RunDirectory,
+    outcome: dict[str, Any],
+    progress: RunProgress | None = None,
+) -> ServerApp:
     """A ServerApp that runs the federation and leaves the summary (or the error) in `outcome`."""
     app = ServerApp()
 
@@ -45,9 +49,11 @@ def main(grid: Grid, context: Context) -> None:
     settings = context.run_config
     overrides = [s for s in str(settings.get("overrides", "")).split(";") if s.strip()]
     config_file = str(settings.get("config-file", "")) or None
-    config = load_config(str(settings.get("preset", "default")),
-                         Path(config_file) if config_file else None,
-                         overrides + [f"run.method={settings.get('method', 'fedspine')}"])
+    config = load_config(
+        str(settings.get("preset", "default")),
+        Path(config_file) if config_file else None,
+        overrides + [f"run.method={settings.get('method', 'fedspine')}"],
+    )
     run_dir = new_run_dir(config, str(settings.get("out", "")) or None)
     summary = run_federation(grid, config, run_dir)
     finish_run(config, run_dir, summary)

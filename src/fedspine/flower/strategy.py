@@ -30,7 +30,7 @@ class DeviceState:
     node_id: int
     device_id: int
     tier: str
-    kept: KeptIndices | None = None
+    kept: KeptIndices  # starts as the full map; the device's reports shrink it
     sparsity: float = 0.0
     rounds_seen: int = 0
     last_time_s: float | None = None
@@ -38,13 +38,25 @@ class DeviceState:
     last_rank: int = 0
 
     def view(self) -> DeviceView:
-        return DeviceView(self.node_id, self.sparsity, self.rounds_seen, self.last_time_s,
-                          self.last_flops, self.tier)
+        return DeviceView(
+            self.node_id,
+            self.sparsity,
+            self.rounds_seen,
+            self.last_time_s,
+            self.last_flops,
+            self.tier,
+        )
 
 
 class FedspineStrategy(Strategy):
-    def __init__(self, method: Method, planner: Planner, global_lora: GlobalLora,
-                 res: RunResources, config_json: str) -> None:
+    def __init__(
+        self,
+        method: Method,
+        planner: Planner,
+        global_lora: GlobalLora,
+        res: RunResources,
+        config_json: str,
+    ) -> None:
         self.method, self.planner, self.global_lora = method, planner, global_lora
         self.res, self.config_json = res, config_json
         self.clients_per_round = res.config.run.clients_per_round
@@ -56,46 +68,62 @@ class FedspineStrategy(Strategy):
     def sample(self, round_num: int) -> list[int]:
         nodes = sorted(self.devices)
         count = min(self.clients_per_round, len(nodes))
-        return sorted(self.rng.choice(nodes, size=count, replace=False).tolist())
+        picks = self.rng.choice(len(nodes), size=count, replace=False)  # node ids exceed float53
+        return sorted(nodes[i] for i in picks)
 
-    def train_message(self, node_id: int, round_num: int, final_round: bool, grid: Grid,
-                      local_steps: int = 0) -> Message:
+    def train_message(
+        self, node_id: int, round_num: int, final_round: bool, grid: Grid, local_steps: int = 0
+    ) -> Message:
         state = self.devices[node_id]
         assignment = self.planner.assign(round_num, state.view(), final_round)
         rows, cols = kept_rows_cols(self.res, state.kept)
         factors = self.global_lora.downlink(rows, cols, assignment.lora_rank)
-        plan = ConfigRecord({
-            P.ROUND: round_num, P.CONFIG_JSON: self.config_json,
-            P.LORA_RANK: assignment.lora_rank, P.TARGET_SPARSITY: assignment.target_sparsity,
-            P.PRUNE_ONE_SHOT: assignment.prune_one_shot, P.LOCAL_STEPS: local_steps,
-            P.KEPT_JSON: json.dumps(state.kept.to_dict()) if state.kept else "",
-        })
-        content = RecordDict({
-            P.PLAN: plan,
-            P.LORA: ArrayRecord(torch_state_dict=P.factors_to_tensors(factors)),
-            P.HEAD: ArrayRecord(torch_state_dict=self.global_lora.head),
-        })
+        plan = ConfigRecord(
+            {
+                P.ROUND: round_num,
+                P.CONFIG_JSON: self.config_json,
+                P.LORA_RANK: assignment.lora_rank,
+                P.TARGET_SPARSITY: assignment.target_sparsity,
+                P.PRUNE_ONE_SHOT: assignment.prune_one_shot,
+                P.LOCAL_STEPS: local_steps,
+                P.KEPT_JSON: json.dumps(state.kept.to_dict()),
+            }
+        )
+        content = RecordDict(
+            {
+                P.PLAN: plan,
+                P.LORA: ArrayRecord(torch_state_dict=P.factors_to_tensors(factors)),
+                P.HEAD: ArrayRecord(torch_state_dict=self.global_lora.head),
+            }
+        )
         return Message(content=content, message_type="train", dst_node_id=node_id)
 
     # -- Flower Strategy interface ------------------------------------------------------------
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return [self.train_message(n, server_round, False, grid) for n in self.sample(server_round)]
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         outcomes, uploads = [], []
         for reply in replies:
             if reply.has_error():
-                outcomes.append({"ok": False, "error": str(reply.error.reason),
-                                 "node_id": reply.metadata.src_node_id})
+                outcomes.append(
+                    {
+                        "ok": False,
+                        "error": str(reply.error.reason),
+                        "node_id": reply.metadata.src_node_id,
+                    }
+                )
                 continue
             outcome, upload = self._absorb(reply)
             outcomes.append(outcome)
             if upload is not None:
                 uploads.append(upload)
         rewards = self.planner.observe(server_round, [o for o in outcomes if "device" in o])
-        for outcome, reward in zip([o for o in outcomes if "device" in o], rewards):
+        for outcome, reward in zip([o for o in outcomes if "device" in o], rewards, strict=False):
             if reward:
                 outcome["reward"] = reward
         self.global_lora.aggregate(uploads)
@@ -109,22 +137,29 @@ class FedspineStrategy(Strategy):
         state = self.devices[reply.metadata.src_node_id]
         ok = bool(report[P.OK])
         outcome = {
-            "device": state.device_id, "tier": state.tier, "node_id": state.node_id, "ok": ok,
+            "device": state.device_id,
+            "tier": state.tier,
+            "node_id": state.node_id,
+            "ok": ok,
             **{k: float(v) for k, v in report.items() if k != P.OK},
             "error": str(meta[P.ERROR]),
         }
         state.rounds_seen += 1
         if not ok:
             return outcome, None
-        kept_json = str(meta[P.KEPT_JSON])
-        state.kept = KeptIndices.from_dict(json.loads(kept_json)) if kept_json else None
+        state.kept = KeptIndices.from_dict(json.loads(str(meta[P.KEPT_JSON])))
         state.sparsity = float(report[P.SPARSITY])
         state.last_time_s, state.last_flops = float(report[P.TIME_S]), float(report[P.TRAIN_FLOPS])
         state.last_rank = int(report[P.USED_RANK])
         rows, cols = kept_rows_cols(self.res, state.kept)
         factors = P.tensors_to_factors(reply.content[P.LORA].to_torch_state_dict())
-        upload = DeviceUpload(factors, rows, cols, reply.content[P.HEAD].to_torch_state_dict(),
-                              int(report[P.NUM_EXAMPLES]))
+        upload = DeviceUpload(
+            factors,
+            rows,
+            cols,
+            reply.content[P.HEAD].to_torch_state_dict(),
+            int(report[P.NUM_EXAMPLES]),
+        )
         outcome["update_norm"] = update_norm(self.global_lora, upload)
         return outcome, upload
 

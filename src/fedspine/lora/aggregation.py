@@ -89,16 +89,16 @@ def _full_index(index: Tensor | None, size: int) -> Tensor:
     return torch.arange(size) if index is None else index.to(torch.long)
 
 
-def _kept_indices(
-    update: DeviceLoraUpdate, name: str, full_shape: Shape
-) -> tuple[Tensor, Tensor]:
+def _kept_indices(update: DeviceLoraUpdate, name: str, full_shape: Shape) -> tuple[Tensor, Tensor]:
     """The update's kept rows / cols for a module, checked against its factor shapes."""
     rows = _full_index(update.rows.get(name), full_shape[0])
     cols = _full_index(update.cols.get(name), full_shape[1])
     factors = update.factors[name]
     if factors.B.shape[0] != len(rows) or factors.A.shape[1] != len(cols):
-        raise ValueError(f"{name}: factors B {tuple(factors.B.shape)} / A {tuple(factors.A.shape)}"
-                         f" do not match {len(rows)} kept rows / {len(cols)} kept cols")
+        raise ValueError(
+            f"{name}: factors B {tuple(factors.B.shape)} / A {tuple(factors.A.shape)}"
+            f" do not match {len(rows)} kept rows / {len(cols)} kept cols"
+        )
     if factors.A.shape[0] != factors.B.shape[1]:
         raise ValueError(f"{name}: A rank {factors.A.shape[0]} != B rank {factors.B.shape[1]}")
     return rows, cols
@@ -119,9 +119,7 @@ def _check_names(updates: list[DeviceLoraUpdate], full_shapes: Mapping[str, Shap
             raise ValueError(f"update has LoRA modules with no full shape: {sorted(unknown)}")
 
 
-def to_full_delta(
-    update: DeviceLoraUpdate, name: str, full_shape: Shape
-) -> tuple[Tensor, Tensor]:
+def to_full_delta(update: DeviceLoraUpdate, name: str, full_shape: Shape) -> tuple[Tensor, Tensor]:
     """(s * B @ A placed at full width with zeros elsewhere, bool mask of kept coordinates)."""
     rows, cols = _kept_indices(update, name, full_shape)
     local = update.factors[name].delta(_scaling_of(update.scaling, name))
@@ -146,16 +144,15 @@ def _factorise(delta: Tensor, rank: int) -> LoraFactors:
     return LoraFactors(A=A, B=B)
 
 
-def _previous_delta(
-    previous: Mapping[str, LoraFactors] | None, name: str, shape: Shape
-) -> Tensor:
+def _previous_delta(previous: Mapping[str, LoraFactors] | None, name: str, shape: Shape) -> Tensor:
     if previous is not None and name in previous:
         return previous[name].delta()
     return torch.zeros(shape)
 
 
-def _masked_mean(updates: list[DeviceLoraUpdate], weights: list[float], name: str,
-                 fallback: Tensor) -> Tensor:
+def _masked_mean(
+    updates: list[DeviceLoraUpdate], weights: list[float], name: str, fallback: Tensor
+) -> Tensor:
     """Example-weighted mean of each coordinate over the devices that kept it, else fallback."""
     total = torch.zeros_like(fallback)
     cover = torch.zeros_like(fallback)
@@ -219,15 +216,22 @@ def aggregate_zero_pad(
     weights = _example_weights(updates)
     result = {}
     for name, shape in full_shapes.items():
-        padded = [(w, _padded_factors(u, name, shape, max_rank))
-                  for u, w in zip(updates, weights, strict=True) if name in u.factors]
+        padded = [
+            (w, _padded_factors(u, name, shape, max_rank))
+            for u, w in zip(updates, weights, strict=True)
+            if name in u.factors
+        ]
         if not padded:
-            result[name] = previous[name] if previous and name in previous else _factorise(
-                torch.zeros(shape), max_rank)
+            result[name] = (
+                previous[name]
+                if previous and name in previous
+                else _factorise(torch.zeros(shape), max_rank)
+            )
             continue
         total = sum(w for w, _ in padded)
-        result[name] = LoraFactors(A=sum(w * f.A for w, f in padded) / total,
-                                   B=sum(w * f.B for w, f in padded) / total)
+        result[name] = LoraFactors(
+            A=sum(w * f.A for w, f in padded) / total, B=sum(w * f.B for w, f in padded) / total
+        )
     return result
 
 
@@ -241,11 +245,15 @@ def fedavg_factors(updates: list[DeviceLoraUpdate]) -> dict[str, LoraFactors]:
         if set(update.factors) != set(reference):
             raise ValueError("fedavg needs the same LoRA modules on every device")
         for name, factors in update.factors.items():
-            same = (factors.A.shape, factors.B.shape) == (reference[name].A.shape,
-                                                          reference[name].B.shape)
+            same = (factors.A.shape, factors.B.shape) == (
+                reference[name].A.shape,
+                reference[name].B.shape,
+            )
             if not same:
-                raise ValueError(f"fedavg needs equal ranks and shapes; {name} differs: "
-                                 "use zero-pad or masked-svd")
+                raise ValueError(
+                    f"fedavg needs equal ranks and shapes; {name} differs: "
+                    "use zero-pad or masked-svd"
+                )
     ranks = {f.rank for f in reference.values()}
     return aggregate_zero_pad(updates, full_shapes, max(ranks, default=0))
 
@@ -276,8 +284,9 @@ def _init_generator(seed: int, name: str) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
 
 
-def peft_init_a(rank: int, in_features: int, generator: torch.Generator,
-                dtype: torch.dtype = torch.float32) -> Tensor:
+def peft_init_a(
+    rank: int, in_features: int, generator: torch.Generator, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """peft's default LoRA A init: kaiming-uniform with a = sqrt(5), i.e. U(+-1/sqrt(in))."""
     bound = 1.0 / math.sqrt(max(in_features, 1))
     return (torch.rand(rank, in_features, generator=generator, dtype=dtype) * 2 - 1) * bound
@@ -328,8 +337,12 @@ def restrict_and_truncate(
         kept_rows = _full_index(rows.get(name), factors.B.shape[0])
         kept_cols = _full_index(cols.get(name), factors.A.shape[1])
         result[name] = _split_for_device(
-            factors.B[kept_rows].to(dtype), factors.A[:, kept_cols].to(dtype), rank,
-            _scaling_of(scaling, name), _init_generator(seed, name))
+            factors.B[kept_rows].to(dtype),
+            factors.A[:, kept_cols].to(dtype),
+            rank,
+            _scaling_of(scaling, name),
+            _init_generator(seed, name),
+        )
     return result
 
 
@@ -348,13 +361,15 @@ def restrict_and_slice(
         root = math.sqrt(_scaling_of(scaling, name))
         kept_rows = _full_index(rows.get(name), factors.B.shape[0])
         kept_cols = _full_index(cols.get(name), factors.A.shape[1])
-        result[name] = LoraFactors(A=factors.A[:rank][:, kept_cols] / root,
-                                   B=factors.B[kept_rows][:, :rank] / root)
+        result[name] = LoraFactors(
+            A=factors.A[:rank][:, kept_cols] / root, B=factors.B[kept_rows][:, :rank] / root
+        )
     return result
 
 
-def initial_global_factors(full_shapes: Mapping[str, Shape], rank: int, seed: int = 0
-                           ) -> dict[str, LoraFactors]:
+def initial_global_factors(
+    full_shapes: Mapping[str, Shape], rank: int, seed: int = 0
+) -> dict[str, LoraFactors]:
     """A fresh global adapter (peft init: random A, B == 0) in the scaling-1 convention.
 
     For zero-pad / fedavg methods, so every device starts from the same A (FedIT averages
@@ -362,16 +377,21 @@ def initial_global_factors(full_shapes: Mapping[str, Shape], rank: int, seed: in
     A / sqrt(s). The masked-svd path needs no initial state: a zero delta already gives peft's
     init through restrict_and_truncate.
     """
-    return {name: LoraFactors(A=peft_init_a(rank, shape[1], _init_generator(seed, name)),
-                              B=torch.zeros(shape[0], rank))
-            for name, shape in full_shapes.items()}
+    return {
+        name: LoraFactors(
+            A=peft_init_a(rank, shape[1], _init_generator(seed, name)),
+            B=torch.zeros(shape[0], rank),
+        )
+        for name, shape in full_shapes.items()
+    }
 
 
 def average_tensors(tensors: list[Tensor], weights: list[float]) -> Tensor:
     """Weighted mean of same-shape tensors (e.g. the classifier head); equal weights if all 0."""
     if not tensors or len(tensors) != len(weights):
-        raise ValueError(f"need as many weights as tensors (>= 1), got "
-                         f"{len(tensors)} / {len(weights)}")
+        raise ValueError(
+            f"need as many weights as tensors (>= 1), got {len(tensors)} / {len(weights)}"
+        )
     if any(t.shape != tensors[0].shape for t in tensors):
         raise ValueError("average_tensors needs tensors of one shape")
     if any(w < 0 for w in weights):

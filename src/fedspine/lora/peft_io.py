@@ -19,8 +19,12 @@ _SAVED = "modules_to_save.default."
 
 
 def attach_lora(
-    model: torch.nn.Module, adapter: FamilyAdapter, rank: int, alpha_per_rank: float,
-    dropout: float, seed: int,
+    model: torch.nn.Module,
+    adapter: FamilyAdapter,
+    rank: int,
+    alpha_per_rank: float,
+    dropout: float,
+    seed: int,
 ) -> torch.nn.Module:
     """Wrap `model` with LoRA of `rank` on the family's projections; the task head trains fully."""
     torch.manual_seed(seed)
@@ -36,7 +40,7 @@ def attach_lora(
 
 
 def _strip(name: str) -> str:
-    return name[len(_PEFT_PREFIX):] if name.startswith(_PEFT_PREFIX) else name
+    return name[len(_PEFT_PREFIX) :] if name.startswith(_PEFT_PREFIX) else name
 
 
 def lora_layers(peft_model: torch.nn.Module) -> dict[str, LoraLayer]:

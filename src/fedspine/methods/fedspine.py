@@ -22,18 +22,20 @@ class BanditPlanner:
     def __init__(self, config: Config, mode: str, num_devices: int) -> None:
         bandit = config.bandit
         self.final_sparsity = config.pruning.target_sparsity
-        self.weights = RewardWeights(w_loss=bandit.w_loss, w_prune=bandit.w_prune,
-                                     w_imp=bandit.w_imp, w_time=bandit.w_time)
+        self.weights = RewardWeights(
+            w_loss=bandit.w_loss, w_prune=bandit.w_prune, w_imp=bandit.w_imp, w_time=bandit.w_time
+        )
         self.pool = BanditPool(
-            mode, (0.0, max(self.final_sparsity, 1e-6)), (bandit.rank_min, bandit.rank_max),
+            mode,
+            (0.0, max(self.final_sparsity, 1e-6)),
+            (bandit.rank_min, bandit.rank_max),
             tree_options={"c": bandit.exploration, "smoothness": bandit.smoothness},
             seed=config.run.seed,
         )
         self.pending: dict[int, tuple[Arm, float]] = {}  # node -> (arm, sparsity before)
 
     def assign(self, round_num: int, device: DeviceView, final_round: bool) -> Assignment:
-        arm = self.pool.propose(device.node_id, p_floor=device.sparsity,
-                                p_cap=self.final_sparsity)
+        arm = self.pool.propose(device.node_id, p_floor=device.sparsity, p_cap=self.final_sparsity)
         target = self.final_sparsity if final_round else max(arm.prune_ratio, device.sparsity)
         self.pending[device.node_id] = (arm, device.sparsity)
         return Assignment(arm.lora_rank, min(target, self.final_sparsity))
@@ -51,19 +53,34 @@ class BanditPlanner:
                 logs.append({})
                 continue
             parts = self._reward(outcome, before, median_time, max_norm)
-            speed = (outcome["train_flops"] / outcome["time_s"]
-                     if outcome.get("ok") and outcome.get("time_s", 0) > 0 else None)
+            speed = (
+                outcome["train_flops"] / outcome["time_s"]
+                if outcome.get("ok") and outcome.get("time_s", 0) > 0
+                else None
+            )
             self.pool.update(node, arm, parts.total, effective_speed=speed)
-            logs.append({**parts.to_dict(), "arm_prune_ratio": arm.prune_ratio,
-                         "arm_lora_rank": arm.lora_rank,
-                         "tree": self.pool.source_of(node)})
+            logs.append(
+                {
+                    **parts.to_dict(),
+                    "arm_prune_ratio": arm.prune_ratio,
+                    "arm_lora_rank": arm.lora_rank,
+                    "tree": self.pool.source_of(node),
+                }
+            )
         return logs
 
-    def _reward(self, outcome: dict, sparsity_before: float, median_time: float,
-                max_norm: float):
+    def _reward(self, outcome: dict, sparsity_before: float, median_time: float, max_norm: float):
         if not outcome.get("ok"):
             return failed_reward(self.weights)
         return compute_reward(
-            outcome["loss_before"], outcome["loss_after"], sparsity_before,
-            outcome["sparsity"], self.final_sparsity, outcome.get("update_norm", 0.0), max_norm,
-            outcome["time_s"], median_time, self.weights)
+            outcome["loss_before"],
+            outcome["loss_after"],
+            sparsity_before,
+            outcome["sparsity"],
+            self.final_sparsity,
+            outcome.get("update_norm", 0.0),
+            max_norm,
+            outcome["time_s"],
+            median_time,
+            self.weights,
+        )

@@ -15,20 +15,44 @@ from fedspine.methods.planners import (
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("fedspine", "masked-svd", True,
-               "iterative on-device prune-and-tune; S-UCB picks each device's (sparsity, rank)"),
+        Method(
+            "fedspine",
+            "masked-svd",
+            True,
+            "iterative on-device prune-and-tune; S-UCB picks each device's (sparsity, rank)",
+        ),
         Method("fedlora", "fedavg", False, "FedIT: one rank for all, no pruning, A and B averaged"),
-        Method("hetlora", "zero-pad", False,
-               "ranks by device tier, zero-padded averaging, no pruning (unpruned reference)"),
-        Method("flexlora", "masked-svd", False,
-               "ranks by device tier, full-delta averaging with SVD redistribution, no pruning"),
-        Method("prune-then-tune", "masked-svd", True,
-               "one-shot Taylor pruning to the target before training, then FedLoRA"),
-        Method("fedspine-fixed", "masked-svd", True,
-               "FedSpine's prune-and-tune with one fixed schedule and rank (no bandit)"),
+        Method(
+            "hetlora",
+            "zero-pad",
+            False,
+            "ranks by device tier, zero-padded averaging, no pruning (unpruned reference)",
+        ),
+        Method(
+            "flexlora",
+            "masked-svd",
+            False,
+            "ranks by device tier, full-delta averaging with SVD redistribution, no pruning",
+        ),
+        Method(
+            "prune-then-tune",
+            "masked-svd",
+            True,
+            "one-shot Taylor pruning to the target before training, then FedLoRA",
+        ),
+        Method(
+            "fedspine-fixed",
+            "masked-svd",
+            True,
+            "FedSpine's prune-and-tune with one fixed schedule and rank (no bandit)",
+        ),
         Method("fedspine-random", "masked-svd", True, "FedSpine with random arms (no bandit)"),
-        Method("fedspine-perdevice", "masked-svd", True,
-               "FedSpine with one S-UCB tree per device and no sharing (the paper's mode)"),
+        Method(
+            "fedspine-perdevice",
+            "masked-svd",
+            True,
+            "FedSpine with one S-UCB tree per device and no sharing (the paper's mode)",
+        ),
     )
 }
 

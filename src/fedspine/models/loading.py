@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from fedspine.errors import ModelError, FedspineError
+from fedspine.errors import FedspineError, ModelError
 from fedspine.models.families import FamilyAdapter, adapter_for
 
 PACKAGED_MODELS = ("minilm", "gemma3-270m")

@@ -100,11 +100,11 @@ def group_scores(
                 for kind in ("heads", "kv_heads", "channels")
             }
             for role, path in adapter.projection_paths().items():
-                importance = element_importance(layer.get_submodule(path)).float().cpu()
+                importance = element_importance(layer.get_submodule(path)).float()
                 for axis, kind in enumerate(role_axes(role)):
                     if kind is not None:  # rows (axis 0) sum over columns and vice versa
                         index = structure_index(kept, layer_idx, kind)
-                        totals[kind].index_add_(0, index, importance.sum(dim=1 - axis))
+                        totals[kind].index_add_(0, index, importance.sum(dim=1 - axis).cpu())
             scores.append(
                 LayerScores(
                     heads=totals["heads"].view(dims.num_heads, dims.head_dim).sum(1),

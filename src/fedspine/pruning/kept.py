@@ -124,13 +124,12 @@ def kv_heads_of(heads: tuple[int, ...], group_size: int) -> tuple[int, ...]:
     return tuple(sorted({h // group_size for h in heads}))
 
 
-def relative_positions(new: tuple[int, ...], old: tuple[int, ...]) -> torch.Tensor:
-    """Positions of the `new` kept indices inside the `old` ones (new must be a subset)."""
-    position = {index: pos for pos, index in enumerate(old)}
-    missing = [i for i in new if i not in position]
-    if missing:
-        raise ModelError(f"pruning is monotone: indices {missing[:5]} were already removed")
-    return torch.tensor([position[i] for i in new], dtype=torch.long)
+def relative_positions(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Positions of the sorted `new` indices inside the sorted `old` ones (new must be a subset)."""
+    positions = torch.searchsorted(old, new).clamp(max=max(len(old) - 1, 0))
+    if len(old) == 0 or not torch.equal(old[positions], new):
+        raise ModelError("pruning is monotone: the new kept map is not a subset of the old one")
+    return positions
 
 
 def _expand_heads(heads: tuple[int, ...], head_dim: int) -> torch.Tensor:

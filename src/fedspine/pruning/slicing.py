@@ -96,7 +96,7 @@ def _relative_index(
         if not torch.equal(new_index, old_index):
             raise ModelError("pruning is monotone: the new kept map is not a subset of the old one")
         return None
-    return relative_positions(tuple(new_index.tolist()), tuple(old_index.tolist()))
+    return relative_positions(new_index, old_index)
 
 
 def pruned_config(config, adapter: FamilyAdapter, kept: KeptIndices):

@@ -55,10 +55,13 @@ def tier_means(rows: list[dict], key: str) -> dict[str, list[tuple[int, float]]]
 
 
 def plot_tier_configs(axes, rows: list[dict]) -> None:
-    for ax, key, label in zip(axes, ("prune_ratio", "lora_rank"), ("sparsity", "LoRA rank")):
+    for ax, key, label in zip(
+        axes, ("prune_ratio", "lora_rank"), ("sparsity", "LoRA rank"), strict=False
+    ):
         for tier, points in sorted(tier_means(rows, key).items()):
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3,
-                    label=tier)
+            ax.plot(
+                [p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=tier
+            )
         ax.set_xlabel("round")
         ax.set_ylabel(f"mean chosen {label}")
         ax.grid(alpha=0.3)

@@ -33,9 +33,15 @@ class RichProgress:
     def __init__(self, label: str, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
         self.label = label
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                            MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"),
-                            console=self.console, transient=False)
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+            transient=False,
+        )
         self.task = None
 
     def phase(self, text: str) -> None:
@@ -52,7 +58,8 @@ class RichProgress:
         acc = row.get("accuracy")
         ok = sum(p["ok"] for p in row["participants"])
         info = (f"acc {acc:.3f} " if acc is not None else "") + (
-            f"sim {row['sim_time_s']:.0f}s  {ok}/{len(row['participants'])} devices ok")
+            f"sim {row['sim_time_s']:.0f}s  {ok}/{len(row['participants'])} devices ok"
+        )
         self.bar.update(self.task, advance=1, info=info)
 
     def close(self) -> None:

@@ -43,8 +43,10 @@ class RunDirectory:
         if out.exists() and any(out.iterdir()):
             from fedspine.errors import ConfigError
 
-            raise ConfigError(f"output directory {out} already exists and is not empty; "
-                              "pass another --out or remove it")
+            raise ConfigError(
+                f"output directory {out} already exists and is not empty; "
+                "pass another --out or remove it"
+            )
         self.path = out.with_name(out.name + ".partial")
         if self.path.exists():
             shutil.rmtree(self.path)

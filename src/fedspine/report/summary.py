@@ -42,8 +42,15 @@ def framework_overhead_share(rows: list[dict], workers: int) -> float | None:
     return overhead / total if total > 0 else None
 
 
-def build_summary(config: Config, res, rows: list[dict], devices: list[dict],
-                  global_scores: dict, wall_time_s: float, peak_rss_mb: float) -> dict[str, Any]:
+def build_summary(
+    config: Config,
+    res,
+    rows: list[dict],
+    devices: list[dict],
+    global_scores: dict,
+    wall_time_s: float,
+    peak_rss_mb: float,
+) -> dict[str, Any]:
     accuracies = [r["accuracy"] for r in rows if r.get("accuracy") is not None]
     device_acc = [d["accuracy"] for d in devices]
     final_accuracy = statistics.fmean(device_acc) if device_acc else None
