@@ -150,7 +150,7 @@ def run_device_round(
             "bytes_down": bytes_down,
             "train_flops": compute_flops,
             "train_memory_mb": memory / 2**20,
-            "train_wall_s": stats.train_wall_s,
+            "train_wall_s": stats.train_wall_s, "train_tokens": stats.tokens,
             "sparsity": report["structures_removed"],
             "param_sparsity": report["non_embedding_params_removed"],
             "params": report["params"],

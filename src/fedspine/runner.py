@@ -27,6 +27,7 @@ OFFLINE_ENV = {
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_DEDUP_LOGS": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
 }
 
 
@@ -50,8 +51,17 @@ def finish_run(config: Config, run_dir: RunDirectory, summary: dict[str, Any]) -
 
 
 def quiet_logs() -> None:
+    """Keep the terminal for the progress bar: library chatter goes only to errors."""
+    import warnings
+
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     for name in ("flwr", "ray", "transformers", "datasets"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def simulate(
@@ -65,6 +75,7 @@ def simulate(
     from fedspine.flower.server_app import make_server_app
     from fedspine.resources import load_resources
 
+    quiet_logs()
     load_resources(json.dumps(config_to_dict(config), sort_keys=True))  # fail fast, clearly
     run_dir = new_run_dir(config, out)
     outcome: dict[str, Any] = {}
@@ -78,7 +89,6 @@ def simulate(
             "log_to_driver": False,
         },
     }
-    quiet_logs()
     run_simulation(
         server_app=server_app,
         client_app=client_app,
