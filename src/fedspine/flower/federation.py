@@ -89,6 +89,7 @@ def participant_row(outcome: dict) -> dict:
         "ok": bool(outcome.get("ok")),
         "loss_before": outcome.get(P.LOSS_BEFORE),
         "loss_after": outcome.get(P.LOSS_AFTER),
+        "train_memory_mb": outcome.get(P.TRAIN_MEMORY_MB),
         "train_wall_s": outcome.get(P.TRAIN_WALL_S),
         "handler_wall_s": outcome.get(P.HANDLER_WALL_S),
     }

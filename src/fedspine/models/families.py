@@ -164,7 +164,7 @@ _DECODER_LORA_TARGETS = (
 )
 
 
-def _encoder(name: str, model_types: tuple[str, ...]) -> FamilyAdapter:
+def _encoder(name: str, model_types: tuple[str, ...], heads: tuple[str, ...]) -> FamilyAdapter:
     return FamilyAdapter(
         name=name,
         model_types=model_types,
@@ -178,7 +178,7 @@ def _encoder(name: str, model_types: tuple[str, ...]) -> FamilyAdapter:
         ffn_in=("intermediate.dense",),
         ffn_out="output.dense",
         lora_target_modules=_ENCODER_LORA_TARGETS,
-        head_module_names=("classifier",),
+        head_module_names=heads,
         has_grouped_kv=False,
     )
 
@@ -212,8 +212,11 @@ def register_family(adapter: FamilyAdapter) -> None:
 
 
 for _adapter in (
-    _encoder("bert", ("bert",)),
-    _encoder("roberta", ("roberta",)),
+    # BERT classifies from the pooler (dense + tanh over [CLS]); a sentence-embedding checkpoint
+    # such as all-MiniLM was never trained to use it, so the pooler trains with the new head.
+    # RoBERTa's classification head already holds its own dense layer.
+    _encoder("bert", ("bert",), ("pooler", "classifier")),
+    _encoder("roberta", ("roberta",), ("classifier",)),
     _decoder("llama", ("llama",)),
     _decoder("qwen2", ("qwen2",)),
     _decoder("mistral", ("mistral",)),
