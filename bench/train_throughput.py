@@ -27,15 +27,23 @@ def bare_loop(res, steps: int, batch_size: int, seed: int) -> float:
         res.base.model_dir, num_labels=len(res.label_names)
     )
     adapter = res.base.adapter
-    peft_model = get_peft_model(model, LoraConfig(
-        r=cfg.model.lora_rank, lora_alpha=cfg.model.lora_alpha_per_rank * cfg.model.lora_rank,
-        target_modules=list(adapter.lora_target_modules),
-        modules_to_save=list(adapter.head_module_names), task_type="SEQ_CLS"))
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            r=cfg.model.lora_rank,
+            lora_alpha=cfg.model.lora_alpha_per_rank * cfg.model.lora_rank,
+            target_modules=list(adapter.lora_target_modules),
+            modules_to_save=list(adapter.head_module_names),
+            task_type="SEQ_CLS",
+        ),
+    )
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], 1e-3)
     data = res.train.subset(res.partitions[0])
     generator = torch.Generator().manual_seed(seed)
-    batches = [data.batch(torch.randint(len(data), (batch_size,), generator=generator).tolist())
-               for _ in range(steps)]
+    batches = [
+        data.batch(torch.randint(len(data), (batch_size,), generator=generator).tolist())
+        for _ in range(steps)
+    ]
     peft_model.train()
     tokens = 0
     start = time.perf_counter()
@@ -83,8 +91,10 @@ def main() -> None:
         loop.append(loop_tps)
         whole.append(whole_tps)
     result = {
-        "steps": args.steps, "batch": res.config.train.batch_size,
-        "max_seq_len": res.config.data.max_seq_len, "threads": args.threads,
+        "steps": args.steps,
+        "batch": res.config.train.batch_size,
+        "max_seq_len": res.config.data.max_seq_len,
+        "threads": args.threads,
         "bare_tokens_per_s": statistics.median(bare),
         "fedspine_loop_tokens_per_s": statistics.median(loop),
         "fedspine_round_tokens_per_s": statistics.median(whole),

@@ -110,6 +110,23 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     console.print(f"run directory: {run_dir}")
 
 
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
+    device: Annotated[int, typer.Option("--device", "-d", help="device id (see summary.json)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="where to write the model directory")],
+) -> None:
+    """Write one device's final model (pruned, LoRA merged) as a Hugging Face model directory.
+
+    Uniform per-layer widths load with stock `from_pretrained` (decoders; encoders whose heads
+    were kept); every export loads with `fedspine.load_pruned(dir)`.
+    """
+    from fedspine.export_device import export_device
+
+    path = export_device(run_dir, device, out)
+    console.print(f"exported device {device} to {path}")
+
+
 @app.command("show-config")
 def show_config(
     preset: PresetOpt = "default", config: ConfigOpt = None, set_: SetOpt = None
@@ -156,6 +173,9 @@ def bench_inference(
 def main() -> None:
     """Entry point: user errors print one line and exit 2, never a traceback."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from fedspine.runner import quiet_logs
+
+    quiet_logs()
     try:
         app()
     except FedspineError as err:

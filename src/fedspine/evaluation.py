@@ -9,22 +9,18 @@ import numpy as np
 
 from fedspine.global_state import GlobalLora
 from fedspine.lora.peft_io import attach_lora, set_head_state, set_lora_factors
+from fedspine.models.loading import LoadedModel
 from fedspine.pruning import KeptIndices, build_pruned_model, module_kept_indices
 from fedspine.resources import RunResources
 from fedspine.train import TokenisedData, evaluate
 
 
-def device_model(res: RunResources, global_lora: GlobalLora, kept: KeptIndices):
+def device_model(base: LoadedModel, global_lora: GlobalLora, kept: KeptIndices):
     """Rebuild a device's model: slice the shared base, attach the global LoRA at max rank."""
-    rows, cols = kept_rows_cols(res, kept)
-    model = build_pruned_model(res.base.model, kept)
+    rows, cols = rows_cols(base, kept)
+    model = build_pruned_model(base.model, kept)
     peft_model = attach_lora(
-        model,
-        res.base.adapter,
-        global_lora.max_rank,
-        res.config.model.lora_alpha_per_rank,
-        0.0,
-        seed=0,
+        model, base.adapter, global_lora.max_rank, global_lora.alpha_per_rank, 0.0, seed=0
     )
     set_lora_factors(peft_model, global_lora.downlink(rows, cols, global_lora.max_rank))
     set_head_state(peft_model, global_lora.head)
@@ -36,15 +32,19 @@ def full_kept(res: RunResources) -> KeptIndices:
 
 
 def kept_rows_cols(res: RunResources, kept: KeptIndices) -> tuple[dict, dict]:
+    return rows_cols(res.base, kept)
+
+
+def rows_cols(base: LoadedModel, kept: KeptIndices) -> tuple[dict, dict]:
     """Per LoRA module, the kept output rows and input columns (None = all) in full coordinates."""
-    per_module = module_kept_indices(res.base.adapter, kept)
+    per_module = module_kept_indices(base.adapter, kept)
     return ({n: r for n, (r, _) in per_module.items()}, {n: c for n, (_, c) in per_module.items()})
 
 
 def evaluate_device(
     res: RunResources, global_lora: GlobalLora, kept: KeptIndices, data: TokenisedData
 ) -> dict[str, float]:
-    return evaluate(device_model(res, global_lora, kept), data)
+    return evaluate(device_model(res.base, global_lora, kept), data)
 
 
 def final_eval_subset(res: RunResources) -> TokenisedData:

@@ -46,6 +46,11 @@ class GlobalLora:
     max_rank: int
     aggregation: str  # "fedavg" | "zero-pad" | "masked-svd"
 
+    @property
+    def alpha_per_rank(self) -> float:
+        """lora_alpha = alpha_per_rank * r makes peft's scaling alpha / r equal to it."""
+        return self.scaling
+
     def full_shapes(self) -> dict[str, tuple[int, int]]:
         return {n: (f.B.shape[0], f.A.shape[1]) for n, f in self.factors.items()}
 

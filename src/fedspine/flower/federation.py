@@ -21,6 +21,7 @@ from fedspine.global_state import GlobalLora
 from fedspine.lora.peft_io import attach_lora, get_head_state, get_lora_factors
 from fedspine.methods.registry import get_method, global_rank
 from fedspine.pruning import KeptIndices, build_pruned_model, sparsity_report
+from fedspine.report.final_state import save_final_state
 from fedspine.report.progress import NullProgress, RunProgress
 from fedspine.report.record import RunDirectory
 from fedspine.report.summary import build_summary
@@ -225,6 +226,20 @@ def run_federation(
     progress.phase("evaluating every device's final model")
     devices = final_device_scores(res, strategy)
     global_scores = evaluate_device(res, strategy.global_lora, full_kept(res), res.test)
+    save_final_state(
+        run_dir.path,
+        strategy.global_lora.factors,
+        strategy.global_lora.head,
+        {
+            "max_rank": global_lora.max_rank,
+            "aggregation": method.aggregation,
+            "scaling": global_lora.scaling,
+        },
+        [
+            {"id": s.device_id, "tier": s.tier, "kept": s.kept.to_dict()}
+            for s in sorted(strategy.devices.values(), key=lambda s: s.device_id)
+        ],
+    )
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return build_summary(
         config, res, rows, devices, global_scores, time.perf_counter() - started, peak_rss_mb

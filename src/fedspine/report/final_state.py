@@ -1,0 +1,60 @@
+"""The run's final state: global LoRA + head (safetensors) and every device's kept-index map.
+
+Enough to rebuild and export any device's model later (`fedspine export`) from the shared
+base, without storing a model per device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from fedspine.errors import ConfigError
+from fedspine.lora.aggregation import LoraFactors
+from fedspine.protocol import factors_to_tensors, tensors_to_factors
+
+LORA_FILE = "global_lora.safetensors"
+DEVICES_FILE = "device_structures.json"
+_HEAD_PREFIX = "head::"
+
+
+def save_final_state(
+    run_path: Path,
+    factors: dict[str, LoraFactors],
+    head: dict[str, torch.Tensor],
+    meta: dict,
+    devices: list[dict],
+) -> None:
+    tensors = factors_to_tensors(factors)
+    tensors.update({_HEAD_PREFIX + k: v.contiguous() for k, v in head.items()})
+    tmp = run_path / f".{LORA_FILE}.tmp"
+    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in meta.items()})
+    os.replace(tmp, run_path / LORA_FILE)
+    tmp = run_path / f".{DEVICES_FILE}.tmp"
+    tmp.write_text(json.dumps(devices), encoding="utf-8")
+    os.replace(tmp, run_path / DEVICES_FILE)
+
+
+def load_final_state(run_path: Path):
+    """(factors, head, meta, devices) of a finished run, with a clear error if it is not one."""
+    if not (run_path / LORA_FILE).is_file() or not (run_path / DEVICES_FILE).is_file():
+        raise ConfigError(
+            f"{run_path} is not a finished fedspine run directory "
+            f"(no {LORA_FILE} / {DEVICES_FILE}); pass the directory `fedspine run` "
+            "printed"
+        )
+    from safetensors import safe_open
+
+    with safe_open(str(run_path / LORA_FILE), "pt") as handle:
+        meta = dict(handle.metadata() or {})
+    tensors = load_file(str(run_path / LORA_FILE))
+    head = {k[len(_HEAD_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_HEAD_PREFIX)}
+    factors = tensors_to_factors(
+        {k: v for k, v in tensors.items() if not k.startswith(_HEAD_PREFIX)}
+    )
+    devices = json.loads((run_path / DEVICES_FILE).read_text(encoding="utf-8"))
+    return factors, head, meta, devices
