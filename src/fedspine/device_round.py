@@ -180,16 +180,26 @@ class _Pruner:
             else None
         )
         self.flops = 0.0
+        self.shape_version = 0  # bumped by every prune step: the FLOP cache key
+        self._flops_cache: dict[tuple[int, int, int], float] = {}
         self.optimizer = None
 
-    def after_backward(self, step: int) -> None:
-        self.flops += training_flops(self.model, self.batch, self.seq)
+    def after_backward(self, step: int, batch: dict[str, torch.Tensor]) -> None:
+        self.flops += self._step_flops(*batch["input_ids"].shape)
         if self.lora_taylor is not None:
             self.lora_taylor.update(self.model, self.kept)
 
-    def after_step(self, step: int) -> None:
+    def _step_flops(self, sequences: int, length: int) -> float:
+        """Training FLOPs of one batch at the model's current shape (cached per shape)."""
+        key = (self.shape_version, sequences, length)
+        if key not in self._flops_cache:
+            self._flops_cache[key] = training_flops(self.model, sequences, length)
+        return self._flops_cache[key]
+
+    def after_step(self, step: int, batch: dict[str, torch.Tensor]) -> None:
         if not self.active or step not in self.schedule:
             return
+        self.shape_version += 1
         self.kept = prune_step(
             self.model,
             self.adapter,
@@ -198,9 +208,7 @@ class _Pruner:
             self.schedule[step],
             self.res.config.pruning.selection,
         )
-        if self.lora_taylor is not None:
-            self.lora_taylor = LoraTaylorImportance(self.adapter, self.res.config.pruning.ema_beta)
-        self._rebuild_optimizer()
+        self._rebuild_optimizer()  # scores are in original coordinates: the EMA carries on
 
     def _scores(self):
         kind = self.res.config.pruning.importance

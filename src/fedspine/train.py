@@ -71,7 +71,7 @@ class LocalTrainStats:
     train_wall_s: float
 
 
-StepHook = Callable[[int], None]
+StepHook = Callable[[int, dict[str, torch.Tensor]], None]
 
 
 @torch.no_grad()
@@ -113,7 +113,7 @@ def train_local(
     after_backward: StepHook | None = None,
     after_step: StepHook | None = None,
 ) -> LocalTrainStats:
-    """Run `steps` optimizer steps; hooks see the step number (1-based) for scoring/pruning.
+    """Run `steps` optimizer steps; hooks see the step number (1-based) and the batch.
 
     `after_backward` runs while LoRA gradients exist (importance scoring reads them);
     `after_step` runs after the update (pruning happens there, then training continues).
@@ -129,17 +129,17 @@ def train_local(
     for step in range(1, steps + 1):
         batch = data.batch(next(stream))
         loss = model(**batch).loss
-        if not math.isfinite(float(loss)):
+        if not math.isfinite(loss.item()):
             raise FloatingPointError("local training diverged (loss is not finite)")
         loss.backward()
         if after_backward is not None:
-            after_backward(step)
+            after_backward(step, batch)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         examples += batch["labels"].shape[0]
         tokens += int(batch["input_ids"].numel())
         if after_step is not None:
-            after_step(step)
+            after_step(step, batch)
     train_wall_s = time.perf_counter() - start
     model.eval()
     return LocalTrainStats(
