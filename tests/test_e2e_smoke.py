@@ -70,3 +70,44 @@ def test_summary_fields(fedlora_run):
     assert summary["mean_sparsity"] == 0.0
     assert {d["tier"] for d in summary["devices"]} <= {"tx2", "xavier-nx", "agx-xavier"}
     json.dumps(summary)
+
+
+@pytest.fixture(scope="module")
+def fedspine_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "fedspine"
+    return simulate(load_config("smoke", overrides=["run.method=fedspine"]), out)
+
+
+def test_fedspine_prunes_every_device_to_target_and_still_learns(fedspine_run):
+    summary = read_summary(fedspine_run)
+    target = load_config("smoke").pruning.target_sparsity
+    assert all(d["prune_ratio"] == pytest.approx(target, abs=0.02) for d in summary["devices"])
+    assert all(d["param_sparsity"] > 0.3 for d in summary["devices"])
+    assert summary["mean_sparsity"] == pytest.approx(target, abs=0.02)
+    # pruned to half their heads and channels, the devices' models still beat the majority class
+    assert summary["final_accuracy"] >= 0.72
+
+
+def test_fedspine_logs_bandit_choices_and_rewards(fedspine_run):
+    rows = read_rounds(fedspine_run)
+    bandit_rows = [p for r in rows if not r.get("final_round") for p in r["participants"]]
+    assert bandit_rows and all("reward" in p for p in bandit_rows)
+    parts = bandit_rows[0]["reward"]
+    assert {"loss_gain", "prune_progress", "update_importance", "time_ratio", "total"} <= set(parts)
+    assert all(2 <= p["lora_rank"] <= 16 for p in bandit_rows)
+    sparsity_by_device: dict[int, float] = {}
+    for row in rows:  # pruning is monotone: a removed structure never returns
+        for p in row["participants"]:
+            assert p["prune_ratio"] >= sparsity_by_device.get(p["device"], 0.0) - 1e-9
+            sparsity_by_device[p["device"]] = p["prune_ratio"]
+
+
+def test_exported_device_model_matches_its_structure(fedspine_run, tmp_path):
+    import fedspine
+    from fedspine.export_device import export_device
+
+    summary = read_summary(fedspine_run)
+    device = summary["devices"][0]
+    out = export_device(fedspine_run, device["id"], tmp_path / "device0")
+    model = fedspine.load_pruned(out)
+    assert sum(p.numel() for p in model.parameters()) == device["params"]

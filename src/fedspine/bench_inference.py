@@ -64,7 +64,7 @@ def _validate(
     return sorted({0.0, *(float(s) for s in sparsities)})
 
 
-def _median_latencies_ms(
+def median_latencies_ms(
     models: list[nn.Module], inputs: dict, repeats: int, warmup: int
 ) -> list[float]:
     timings: list[list[float]] = [[] for _ in models]
@@ -114,7 +114,7 @@ def run_bench_inference(
         generator = torch.Generator().manual_seed(0)
         input_ids = torch.randint(5, base.config.vocab_size, (batch, seq_len), generator=generator)
         inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-        latencies = _median_latencies_ms(models, inputs, repeats, warmup)
+        latencies = median_latencies_ms(models, inputs, repeats, warmup)
     finally:
         torch.set_num_threads(previous_threads)
     rows = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -44,8 +45,8 @@ ConfigOpt = Annotated[
     typer.Option(
         "--config",
         "-c",
-        help="TOML file with [run], [data], [model], [train], [fleet], [pruning], "
-        "[bandit], [eval] tables; see `fedspine show-config`",
+        help="TOML file with run, data, model, train, fleet, pruning, bandit and eval "
+        "tables; `fedspine show-config` prints a complete one",
     ),
 ]
 SetOpt = Annotated[
@@ -108,6 +109,58 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
         f"{'not reached' if ttt is None else f'{ttt:.0f}s'}, wall {summary['wall_time_s']:.0f}s"
     )
     console.print(f"run directory: {run_dir}")
+
+
+@app.command()
+def compare(
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            "--methods",
+            help="comma-separated methods to run (default: all 8, fedspine first)",
+        ),
+    ] = None,
+    preset: PresetOpt = "default",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="output directory (default runs/<time>-compare/); each method runs into "
+            "OUT/<method>/, and a rerun on the same OUT reuses finished methods",
+        ),
+    ] = None,
+    seed: SeedOpt = None,
+    target_share: Annotated[
+        float,
+        typer.Option(help="time-to-target bar: this share of the best final accuracy"),
+    ] = 0.95,
+) -> None:
+    """Run several methods with the identical config and seeds, then compare them.
+
+    Writes comparison.json, .md and .png into OUT, rewritten after every method.
+    """
+    from rich.markup import escape
+
+    from fedspine.compare import parse_methods, run_compare
+    from fedspine.report.comparison import format_markdown
+    from fedspine.report.progress import RichProgress
+
+    names = parse_methods(methods)
+    cfg = _config(preset, config, set_, [f"run.seed={seed}"] if seed is not None else [])
+    out_dir = out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-compare"
+    result = run_compare(
+        cfg,
+        names,
+        out_dir,
+        target_share,
+        make_progress=lambda method: RichProgress(method, console),
+        say=lambda text: console.print(f"[bold]{escape(text)}[/]"),
+    )
+    typer.echo(format_markdown(result))
+    console.print(f"comparison written to {out_dir}")
 
 
 @app.command()
@@ -182,7 +235,11 @@ def main() -> None:
         console.print(f"[bold red]error:[/] {err}")
         sys.exit(2)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: finished rounds are kept in <out>.partial/")
+        console.print(
+            "[yellow]interrupted[/]: a run keeps its finished rounds in <out>.partial/; "
+            "a compare keeps finished methods in <out>/<method>/ (rerun it with the same "
+            "--out to resume)"
+        )
         sys.exit(130)
 
 

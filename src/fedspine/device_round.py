@@ -25,6 +25,7 @@ from fedspine.protocol import factors_to_tensors, payload_bytes
 from fedspine.pruning import (
     KeptIndices,
     LoraTaylorImportance,
+    ModelScores,
     build_pruned_model,
     magnitude_importance,
     prune_step,
@@ -54,6 +55,7 @@ class DeviceResult:
     kept: KeptIndices | None = None  # None only when the device failed before training
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    scores: ModelScores | None = None  # the device's smoothed importance, kept across rounds
 
 
 def prune_points(local_steps: int, interval: int) -> list[int]:
@@ -78,6 +80,7 @@ def run_device_round(
     kept: KeptIndices,
     down_factors: dict[str, LoraFactors],
     down_head: dict[str, torch.Tensor],
+    prior_scores: ModelScores | None = None,
 ) -> DeviceResult:
     """Train (and prune) one device for one round and cost it on the simulated clock."""
     cfg = res.config
@@ -106,7 +109,7 @@ def run_device_round(
             error=(f"training needs {memory / 2**20:.0f} MB, over the device's budget"),
             metrics={"train_memory_mb": memory / 2**20},
         )
-    pruner = _Pruner(res, peft_model, kept, plan, steps, data)
+    pruner = _Pruner(res, peft_model, kept, plan, steps, data, prior_scores)
     if plan.prune_one_shot:
         pruner.one_shot()
     optimizer = make_optimizer(
@@ -140,6 +143,7 @@ def run_device_round(
         factors=factors,
         head=head,
         kept=pruner.kept,
+        scores=pruner.lora_taylor.scores if pruner.lora_taylor is not None else prior_scores,
         metrics={
             "num_examples": stats.examples,
             "loss_before": stats.loss_before,
@@ -163,7 +167,16 @@ def run_device_round(
 class _Pruner:
     """Scores groups while training and prunes at the scheduled steps (FedSpine step 4)."""
 
-    def __init__(self, res, peft_model, kept, plan: DevicePlan, steps: int, data) -> None:
+    def __init__(
+        self,
+        res,
+        peft_model,
+        kept,
+        plan: DevicePlan,
+        steps: int,
+        data,
+        prior_scores: ModelScores | None = None,
+    ) -> None:
         self.res, self.model, self.kept, self.plan, self.data = res, peft_model, kept, plan, data
         cfg = res.config
         self.adapter = res.base.adapter
@@ -179,6 +192,8 @@ class _Pruner:
             if self.active and cfg.pruning.importance == "lora-taylor"
             else None
         )
+        if self.lora_taylor is not None and prior_scores is not None:
+            self.lora_taylor.scores = prior_scores  # EMA continues from earlier rounds
         self.flops = 0.0
         self.shape_version = 0  # bumped by every prune step: the FLOP cache key
         self._flops_cache: dict[tuple[int, int, int], float] = {}

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fedspine.config import Config, config_to_dict, config_to_toml
+from fedspine.errors import ConfigError
 from fedspine.report.progress import RunProgress
 from fedspine.report.record import (
     CONFIG_FILE,
@@ -35,9 +36,31 @@ def default_run_dir(config: Config) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.run.method}"
 
 
+def run_dir_path(config: Config, out: str | Path | None) -> Path:
+    return Path(out) if out else default_run_dir(config)
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an --out that would overwrite something, before any model or data is loaded."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; pass a directory path that does not exist yet")
+    if out.is_dir() and any(out.iterdir()):
+        raise ConfigError(
+            f"output directory {out} already exists and is not empty; "
+            "pass another --out or remove it"
+        )
+
+
 def new_run_dir(config: Config, out: str | Path | None) -> RunDirectory:
-    run_dir = RunDirectory(Path(out) if out else default_run_dir(config))
-    write_text_atomic(run_dir.file(CONFIG_FILE), config_to_toml(config))
+    path = run_dir_path(config, out)
+    check_out_dir(path)
+    try:
+        run_dir = RunDirectory(path)
+        write_text_atomic(run_dir.file(CONFIG_FILE), config_to_toml(config))
+    except OSError as err:
+        raise ConfigError(
+            f"cannot create the run directory {path}: {err.strerror or err}; pass a writable --out"
+        ) from None
     return run_dir
 
 
@@ -69,14 +92,17 @@ def simulate(
 ) -> Path:
     """Run `config` on the Simulation Engine (one Ray actor per worker); return the run dir."""
     os.environ.update(OFFLINE_ENV)
+    from fedspine.resources import load_resources
+
+    quiet_logs()
+    out = run_dir_path(config, out)
+    check_out_dir(out)  # bad input fails here or in load_resources, before Ray starts
+    load_resources(json.dumps(config_to_dict(config), sort_keys=True))
     from flwr.simulation import run_simulation
 
     from fedspine.flower.client_app import app as client_app
     from fedspine.flower.server_app import make_server_app
-    from fedspine.resources import load_resources
 
-    quiet_logs()
-    load_resources(json.dumps(config_to_dict(config), sort_keys=True))  # fail fast, clearly
     run_dir = new_run_dir(config, out)
     outcome: dict[str, Any] = {}
     server_app = make_server_app(config, run_dir, outcome, progress)

@@ -17,10 +17,11 @@ from flwr.clientapp import ClientApp
 
 from fedspine import protocol as P
 from fedspine.device_round import DevicePlan, run_device_round
-from fedspine.pruning import KeptIndices
+from fedspine.pruning import KeptIndices, LayerScores, ModelScores
 from fedspine.resources import load_resources
 
 app = ClientApp()
+SCORES = "importance_ema"  # node-local state: the device's smoothed group importance
 
 
 def _threads() -> None:
@@ -36,6 +37,33 @@ def describe(msg: Message, context: Context) -> Message:
     device = res.fleet[int(context.node_config["partition-id"])]
     meta = ConfigRecord({P.DEVICE_ID: device.device_id, P.TIER: device.tier})
     return Message(content=RecordDict({P.DEVICE_META: meta}), reply_to=msg)
+
+
+def _load_scores(context: Context) -> ModelScores | None:
+    """The device's smoothed importance from earlier rounds (node state, not sent anywhere)."""
+    if SCORES not in context.state:
+        return None
+    flat = context.state[SCORES].to_torch_state_dict()
+    layers = len(flat) // 3
+    return tuple(
+        LayerScores(flat[f"{i}.heads"], flat[f"{i}.kv_heads"], flat[f"{i}.channels"])
+        for i in range(layers)
+    )
+
+
+def _store_scores(context: Context, scores: ModelScores | None) -> None:
+    if scores is None:
+        return
+    flat = {}
+    for i, layer in enumerate(scores):
+        flat.update(
+            {
+                f"{i}.heads": layer.heads,
+                f"{i}.kv_heads": layer.kv_heads,
+                f"{i}.channels": layer.channels,
+            }
+        )
+    context.state[SCORES] = ArrayRecord(torch_state_dict=flat)
 
 
 @app.train()
@@ -58,7 +86,10 @@ def train(msg: Message, context: Context) -> Message:
     factors = P.tensors_to_factors(msg.content[P.LORA].to_torch_state_dict())
     head = msg.content[P.HEAD].to_torch_state_dict()
     # 3. Train and prune locally, costed on the simulated clock.
-    result = run_device_round(res, device, plan, kept, factors, head)
+    result = run_device_round(
+        res, device, plan, kept, factors, head, prior_scores=_load_scores(context)
+    )
+    _store_scores(context, result.scores)
     # 4. Reply: LoRA in the device's own coordinates and rank, its kept map and its report.
     metrics = {
         **result.metrics,

@@ -19,6 +19,9 @@ from fedspine.errors import FedspineError, ModelError
 from fedspine.models.families import FamilyAdapter, adapter_for
 
 PACKAGED_MODELS = ("minilm", "gemma3-270m")
+# "new head initialised" is expected here; a raised modeling_utils level makes transformers 5
+# report the (irrelevant) tensor-parallel plan of decoders such as Gemma 3
+_NOISY_LOGGERS = ("transformers.modeling_utils", "transformers.distributed.tensor_parallel")
 
 
 @dataclass
@@ -60,26 +63,41 @@ def _load_config(model_dir: str, source: str):
     try:
         return AutoConfig.from_pretrained(model_dir)
     except OSError as err:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = "" if offline else " (no network here? download it elsewhere and pass the folder)"
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            hint = " (HF_HUB_OFFLINE=1 is set: set HF_HUB_OFFLINE=0 to download, or pass a folder)"
+        else:
+            hint = " (no network here? download it elsewhere and pass the folder)"
         raise ModelError(
             f"cannot load model {source!r}: not a local directory and not reachable as a hub "
             f"id{hint}. Use model.source=minilm or a local Hugging Face model directory. "
             f"Detail: {str(err).splitlines()[0]}"
         ) from None
+    except ValueError as err:  # unreadable JSON or an unknown model_type
+        raise ModelError(
+            f"cannot read the config of {source!r}: {str(err).splitlines()[0]}. Point "
+            "model.source at a folder written by save_pretrained"
+        ) from None
 
 
 def load_classifier(source: str, num_labels: int, seed: int = 0) -> LoadedModel:
-    """Load the base, attach a new `num_labels` head (seeded), freeze nothing yet."""
+    """Load the base in float32 with a `num_labels` head, freeze nothing yet.
+
+    The head is new (seeded) unless `source` is a saved classifier with a head of that size;
+    a saved head of another size is replaced.
+    """
     model_dir = resolve_model_dir(source)
     config = _load_config(model_dir, source)
-    adapter = adapter_for(config)
+    try:
+        adapter = adapter_for(config)
+    except ModelError as err:
+        raise ModelError(f"cannot use {source!r}: {err}") from None
     torch.manual_seed(seed)
-    logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, num_labels=num_labels, dtype=torch.float32
+            model_dir, num_labels=num_labels, dtype=torch.float32, ignore_mismatched_sizes=True
         )
     except FedspineError:
         raise

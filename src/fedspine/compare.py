@@ -1,0 +1,199 @@
+"""`fedspine compare`: run several methods on one identical config and compare them.
+
+Each method runs into OUT/<method>/ (published when it finishes, like `fedspine run`), so an
+interrupted compare keeps its finished runs; a rerun on the same OUT reuses every run dir that
+holds a summary.json. comparison.{json,md,png} are rewritten after every method (a partial
+table) and once more at the end with the inference-latency column measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from fedspine.config import Config, config_from_dict, config_to_dict, read_toml
+from fedspine.errors import ConfigError
+from fedspine.methods.registry import METHODS
+from fedspine.report.comparison import (
+    DEFAULT_TARGET_SHARE,
+    REFERENCE_METHOD,
+    build_comparison,
+    median_sparsity_device,
+    write_comparison,
+)
+from fedspine.report.final_state import DEVICES_FILE
+from fedspine.report.progress import NullProgress, RunProgress
+from fedspine.report.record import CONFIG_FILE, SUMMARY_FILE, read_rounds, read_summary
+
+DEFAULT_METHODS: tuple[str, ...] = (REFERENCE_METHOD,) + tuple(
+    m for m in METHODS if m != REFERENCE_METHOD
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencySetup:
+    """How the inference-latency column is measured (cheap on purpose: it is a ratio)."""
+
+    batch: int = 8
+    seq_len: int = 128
+    repeats: int = 10
+    warmup: int = 3
+    threads: int = 1  # one thread: the ratio stays stable on a busy machine
+
+
+def parse_methods(text: str | Sequence[str] | None) -> list[str]:
+    """`"a,b"` (or a list) -> validated method names in the given order; None -> all methods."""
+    if text is None:
+        return list(DEFAULT_METHODS)
+    names = text.split(",") if isinstance(text, str) else list(text)
+    names = [n.strip() for n in names if n.strip()]
+    unknown = [n for n in names if n not in METHODS]
+    if unknown or not names:
+        raise ConfigError(
+            f"unknown method(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"--methods takes a comma-separated list of: {', '.join(DEFAULT_METHODS)}"
+        )
+    return list(dict.fromkeys(names))  # drop repeats, keep order
+
+
+def method_config(config: Config, method: str) -> Config:
+    """The shared config with only run.method changed."""
+    return dataclasses.replace(config, run=dataclasses.replace(config.run, method=method))
+
+
+def _flat(values: dict) -> dict[str, object]:
+    return {f"{s}.{k}": v for s, section in values.items() for k, v in section.items()}
+
+
+def is_finished_run(run_dir: Path) -> bool:
+    return (run_dir / SUMMARY_FILE).is_file()
+
+
+def check_reusable(run_dir: Path, config: Config) -> None:
+    """A reused run must have been made with exactly this config, or the table would mislead."""
+    saved = _flat(config_to_dict(config_from_dict(read_toml(run_dir / CONFIG_FILE))))
+    wanted = _flat(config_to_dict(config))
+    differing = sorted(k for k in wanted if saved.get(k) != wanted[k])
+    if differing:
+        raise ConfigError(
+            f"{run_dir} was run with a different config ({', '.join(differing)}); "
+            "pass another --out, or remove that run directory to rerun it"
+        )
+
+
+def load_run(run_dir: Path) -> tuple[Path, dict, list[dict]]:
+    return run_dir, read_summary(run_dir), read_rounds(run_dir)
+
+
+def representative_structure(run_dir: Path, summary: dict):
+    """(device id, its sparsity, its KeptIndices): the run's median-sparsity device."""
+    from fedspine.pruning import KeptIndices
+
+    device = median_sparsity_device(summary["devices"])
+    structures = json.loads((run_dir / DEVICES_FILE).read_text(encoding="utf-8"))
+    kept = next(s["kept"] for s in structures if s["id"] == device["id"])
+    return device["id"], device["prune_ratio"], KeptIndices.from_dict(kept)
+
+
+def measure_latency_ratios(
+    config: Config, runs: dict[str, tuple[Path, dict, list[dict]]], setup: LatencySetup
+) -> dict[str, dict]:
+    """Per method, its representative final model's CPU latency over the unpruned base.
+
+    All pruned bases and the unpruned one are timed round-robin in this one process (the
+    bench-inference measurement), so machine drift hits all alike. LoRA is merged at
+    deployment, so the bare pruned base is what a device runs. A full structure is 1.0 exactly.
+    """
+    from fedspine.bench_inference import median_latencies_ms
+    from fedspine.models.loading import load_classifier
+    from fedspine.pruning import build_pruned_model
+
+    first_summary = next(iter(runs.values()))[1]
+    base = load_classifier(config.model.source, int(first_summary["num_labels"]), config.run.seed)
+    chosen = {m: representative_structure(d, s) for m, (d, s, _) in runs.items()}
+    timed = [m for m, (_, _, kept) in chosen.items() if not kept.is_full]
+    models = [base.model] + [build_pruned_model(base.model, chosen[m][2]).eval() for m in timed]
+    seq_len = min(setup.seq_len, getattr(base.model.config, "max_position_embeddings", 10**9))
+    ids = torch.randint(
+        5,
+        base.model.config.vocab_size,
+        (setup.batch, seq_len),
+        generator=torch.Generator().manual_seed(0),
+    )
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(setup.threads)
+    try:
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        latencies = median_latencies_ms(models, inputs, setup.repeats, setup.warmup)
+    finally:
+        torch.set_num_threads(previous_threads)
+    by_method = dict(zip(timed, latencies[1:], strict=True))
+    result = {}
+    for method, (device_id, sparsity, _) in chosen.items():
+        pruned_ms = by_method.get(method, latencies[0])
+        result[method] = {
+            "ratio": pruned_ms / latencies[0] if method in by_method else 1.0,
+            "device": device_id,
+            "device_sparsity": sparsity,
+            "pruned_ms": pruned_ms,
+            "unpruned_ms": latencies[0],
+            "measured": method in by_method,
+        }
+    return result
+
+
+def _run_one(
+    config: Config,
+    run_dir: Path,
+    make_progress: Callable[[str], RunProgress],
+) -> Path:
+    from fedspine.runner import simulate
+
+    progress = make_progress(config.run.method)
+    try:
+        return simulate(config, run_dir, progress)
+    finally:
+        close = getattr(progress, "close", None)
+        if close is not None:
+            close()
+
+
+def run_compare(
+    config: Config,
+    methods: Sequence[str] | None,
+    out: Path,
+    target_share: float = DEFAULT_TARGET_SHARE,
+    make_progress: Callable[[str], RunProgress] | None = None,
+    say: Callable[[str], None] | None = None,
+    latency: LatencySetup | None = None,
+) -> dict:
+    """Run (or reuse) every method into OUT/<method>/ and write comparison.* into OUT."""
+    names = parse_methods(methods)
+    if not 0.0 < target_share <= 1.0:
+        raise ConfigError(f"--target-share must be in (0, 1], got {target_share}")
+    out = Path(out)
+    make_progress = make_progress or (lambda _method: NullProgress())
+    say = say or (lambda _text: None)
+    latency = latency or LatencySetup()
+    out.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, tuple[Path, dict, list[dict]]] = {}
+    for index, method in enumerate(names, start=1):
+        method_cfg, run_dir = method_config(config, method), out / method
+        if is_finished_run(run_dir):
+            check_reusable(run_dir, method_cfg)
+            say(f"[{index}/{len(names)}] {method}: reusing the finished run in {run_dir}")
+        else:
+            say(f"[{index}/{len(names)}] {method}")
+            _run_one(method_cfg, run_dir, make_progress)
+        runs[method] = load_run(run_dir)
+        partial = build_comparison(runs, target_share, pending=names[index:])
+        write_comparison(out, partial, {m: r[2] for m, r in runs.items()})
+    say("measuring inference latency of each method's median-sparsity device")
+    comparison = build_comparison(runs, target_share, measure_latency_ratios(config, runs, latency))
+    comparison["latency_setup"] = dataclasses.asdict(latency)
+    write_comparison(out, comparison, {m: r[2] for m, r in runs.items()})
+    return comparison

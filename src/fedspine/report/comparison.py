@@ -1,0 +1,227 @@
+"""The comparison of several runs: shared target, per-method figures, JSON, Markdown and a plot.
+
+Every method is judged against the same bar (a share of the best final accuracy among the
+compared methods), so time-to-target and speedups are comparable across rows. Everything here
+is a pure function of the runs' rounds.jsonl and summary.json, except the writers at the end.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from fedspine.report.record import write_json_atomic, write_text_atomic
+from fedspine.report.summary import time_to_target
+
+COMPARISON_JSON = "comparison.json"
+COMPARISON_MD = "comparison.md"
+COMPARISON_PNG = "comparison.png"
+DEFAULT_TARGET_SHARE = 0.95
+REFERENCE_METHOD = "fedspine"
+TIME_TO_TARGET_DEFINITION = (
+    "time_to_target_s: simulated time of the first round whose per-round accuracy reaches the "
+    "shared target (target_share x the best final_accuracy among the compared methods); "
+    "speedup_of_fedspine: a method's time_to_target_s / fedspine's."
+)
+
+
+def shared_target(final_accuracies: Iterable[float | None], share: float) -> float | None:
+    """`share` x the best final accuracy among the methods (None when no method has one)."""
+    known = [a for a in final_accuracies if a is not None]
+    return share * max(known) if known else None
+
+
+def speedup_of_reference(time_s: float | None, reference_time_s: float | None) -> float | None:
+    """How many times longer a method needs than the reference (None if either never got there)."""
+    if time_s is None or reference_time_s is None or reference_time_s <= 0:
+        return None
+    return time_s / reference_time_s
+
+
+def peak_train_memory_by_tier(rows: list[dict]) -> dict[str, float]:
+    """Per tier, the largest training memory any participant that actually trained needed.
+
+    Devices refused for exceeding their budget report the memory they would have needed; they
+    never trained, so only `ok` participants count.
+    """
+    peaks: dict[str, float] = {}
+    for row in rows:
+        for part in row["participants"]:
+            memory = part.get("train_memory_mb")
+            if part.get("ok") and memory is not None:
+                peaks[part["tier"]] = max(peaks.get(part["tier"], 0.0), float(memory))
+    return dict(sorted(peaks.items()))
+
+
+def median_sparsity_device(devices: list[dict]) -> dict:
+    """The device whose final sparsity is the run's (lower) median: a real device, not a mean."""
+    ordered = sorted(devices, key=lambda d: (d["prune_ratio"], d["id"]))
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def method_entry(
+    run_dir: Path,
+    summary: dict,
+    rows: list[dict],
+    target: float | None,
+    latency: dict | None = None,
+) -> dict[str, Any]:
+    """One method's row: its summary figures, re-scored against the shared target."""
+    latency = latency or {}
+    return {
+        "method": summary["method"],
+        "final_accuracy": summary["final_accuracy"],
+        "global_accuracy": summary.get("global_accuracy"),
+        "accuracy_spread": summary["accuracy_spread"],
+        "mean_sparsity": summary["mean_sparsity"],
+        "time_to_target_s": None if target is None else time_to_target(rows, target),
+        "speedup_of_fedspine": None,  # filled once every row's time is known
+        "comm_bytes": summary["comm_bytes"],
+        "peak_train_memory_mb_by_tier": peak_train_memory_by_tier(rows),
+        "inference_latency_ratio": latency.get("ratio"),
+        "inference_latency": latency or None,
+        "sim_time_s": summary["sim_time_s"],
+        "wall_time_s": summary["wall_time_s"],
+        "rounds": summary["rounds"],
+        "failed_device_rounds": summary.get("failed_device_rounds"),
+        "run_dir": str(run_dir),
+    }
+
+
+def build_comparison(
+    runs: dict[str, tuple[Path, dict, list[dict]]],
+    target_share: float = DEFAULT_TARGET_SHARE,
+    latencies: dict[str, dict] | None = None,
+    pending: Iterable[str] = (),
+) -> dict[str, Any]:
+    """comparison.json's content from `{method: (run_dir, summary, rounds)}`, in that order."""
+    latencies = latencies or {}
+    target = shared_target((s["final_accuracy"] for _, s, _ in runs.values()), target_share)
+    entries = [
+        method_entry(run_dir, summary, rows, target, latencies.get(method))
+        for method, (run_dir, summary, rows) in runs.items()
+    ]
+    by_method = {e["method"]: e for e in entries}
+    reference = by_method.get(REFERENCE_METHOD, {}).get("time_to_target_s")
+    for entry in entries:
+        if REFERENCE_METHOD in by_method:
+            entry["speedup_of_fedspine"] = speedup_of_reference(
+                entry["time_to_target_s"], reference
+            )
+    first = next(iter(runs.values()), None)
+    pending = list(pending)
+    return {
+        "target_accuracy": target,
+        "target_share": target_share,
+        "complete": not pending,
+        "pending_methods": pending,
+        "accuracy_definition": first[1].get("accuracy_definition") if first else None,
+        "time_to_target_definition": TIME_TO_TARGET_DEFINITION,
+        "methods": entries,
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value: float | None, fmt: str, missing: str = "n/a") -> str:
+    return missing if value is None else format(value, fmt)
+
+
+def _memory(by_tier: dict[str, float]) -> str:
+    return ", ".join(f"{tier} {mb:.0f}" for tier, mb in by_tier.items()) or "n/a"
+
+
+MD_COLUMNS = (
+    "method",
+    "final acc",
+    "spread",
+    "mean sparsity",
+    "time to target (s)",
+    "fedspine speedup",
+    "comm (MB)",
+    "peak train MB by tier",
+    "inference latency (x unpruned)",
+)
+
+
+def markdown_row(entry: dict, latency_missing: str) -> str:
+    cells = (
+        entry["method"],
+        _pct(entry["final_accuracy"]),
+        _pct(entry["accuracy_spread"]),
+        _pct(entry["mean_sparsity"]),
+        _num(entry["time_to_target_s"], ".0f", "not reached"),
+        _num(entry["speedup_of_fedspine"], ".2f") + ("x" if entry["speedup_of_fedspine"] else ""),
+        f"{entry['comm_bytes'] / 2**20:.1f}",
+        _memory(entry["peak_train_memory_mb_by_tier"]),
+        _num(entry["inference_latency_ratio"], ".3f", latency_missing),
+    )
+    return "| " + " | ".join(cells) + " |"
+
+
+def format_markdown(comparison: dict) -> str:
+    """comparison.md: one row per method, then the target and how accuracy is defined."""
+    latency_missing = "n/a" if comparison["complete"] else "pending"
+    lines = [
+        "# Method comparison",
+        "",
+        "| " + " | ".join(MD_COLUMNS) + " |",
+        "|" + "|".join("---" for _ in MD_COLUMNS) + "|",
+        *(markdown_row(e, latency_missing) for e in comparison["methods"]),
+        "",
+        f"Target accuracy: {_pct(comparison['target_accuracy'])} "
+        f"(= {comparison['target_share']:g} x the best final accuracy among these methods; "
+        "the same bar for every method).",
+        "",
+        TIME_TO_TARGET_DEFINITION,
+        "",
+        f"Accuracy: {comparison['accuracy_definition']}",
+    ]
+    if comparison.get("latency_setup"):
+        setup = comparison["latency_setup"]
+        lines += [
+            "",
+            "Inference latency: CPU forward of the median-sparsity device's pruned base (LoRA is "
+            "merged at deployment) over the unpruned base, timed side by side in one process, "
+            f"median of {setup['repeats']} after {setup['warmup']} warm-up, batch "
+            f"{setup['batch']}, seq_len {setup['seq_len']}, torch threads {setup['threads']}; "
+            "an unpruned structure is 1.0 exactly (not timed).",
+        ]
+    if comparison["pending_methods"]:
+        lines += ["", f"Partial: still to run: {', '.join(comparison['pending_methods'])}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(path: Path, rounds_by_method: dict[str, list[dict]], target: float | None):
+    """Accuracy vs simulated time for every method; fedspine's per-tier choices beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fedspine.report.plots import plot_accuracy, plot_tier_configs
+
+    reference = rounds_by_method.get(REFERENCE_METHOD)
+    panels = 3 if reference else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    plot_accuracy(axes[0][0], rounds_by_method, target)
+    axes[0][0].set_title("accuracy vs simulated time (shared target dashed)")
+    if reference:
+        plot_tier_configs(axes[0][1:], reference)
+        axes[0][1].set_title(f"{REFERENCE_METHOD}: per-tier sparsity chosen each round")
+        axes[0][2].set_title(f"{REFERENCE_METHOD}: per-tier LoRA rank chosen each round")
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_comparison(out: Path, comparison: dict, rounds_by_method: dict[str, list[dict]]) -> None:
+    """comparison.json, .md and .png into `out`, each replaced atomically."""
+    write_json_atomic(out / COMPARISON_JSON, comparison)
+    write_text_atomic(out / COMPARISON_MD, format_markdown(comparison))
+    plot_comparison(out / COMPARISON_PNG, rounds_by_method, comparison["target_accuracy"])

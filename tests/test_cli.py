@@ -1,0 +1,283 @@
+"""The command line: bad input gets one readable error line (exit 2), and nothing is left behind.
+
+Every error case here must fail before the simulation starts, so the file runs in seconds: the
+cases call the real entry point `fedspine.cli.main` in process (torch and transformers are
+imported once), and two run it as a separate process to see exactly what a user's terminal gets.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tomllib
+import torch
+import typer
+from typer.testing import CliRunner
+
+import fedspine.resources  # noqa: F401  (import torch/transformers once, outside the timings)
+from fedspine import cli
+
+torch.set_num_threads(1)
+
+ERROR_BUDGET_S = 30.0  # generous for a loaded 2-core box; a failure after Ray starts takes longer
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Run in an empty cwd (a default `runs/` dir would land there) and restore os.environ,
+    which the runner updates with its offline settings."""
+    saved = dict(os.environ)
+    monkeypatch.chdir(tmp_path)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def run_main(args: list[str], capsys, monkeypatch) -> tuple[int, str, str, float]:
+    """Call the console-script entry point in process; return exit code, stdout, stderr, secs."""
+    monkeypatch.setattr(sys, "argv", ["fedspine", *args])
+    start = time.perf_counter()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err, time.perf_counter() - start
+
+
+def assert_one_error_line(stderr: str, *hints: str) -> None:
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one error line, got:\n{stderr}"
+    assert lines[0].startswith("error: "), lines[0]
+    for hint in hints:
+        assert hint in lines[0], f"{hint!r} missing from: {lines[0]}"
+
+
+def leftovers(root: Path, inputs: set[str]) -> list[str]:
+    """Anything under `root` that the test did not put there (run dirs, .partial dirs)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name not in inputs)
+
+
+def write_inputs(root: Path) -> dict[str, Path]:
+    """One small file per kind of malformed data."""
+    files = {
+        "nolabel.csv": "text,category\nhello there,a\nbuy now,b\nsee you,a\n",
+        "broken.jsonl": '{"text": "hi", "label": "ham"}\n{"text": "buy", "label"\n',
+        "oneclass.csv": "text,label\n" + "".join(f"message {i},ham\n" for i in range(20)),
+        "notoml.toml": "this is = not [toml\n",
+        "unknownkey.toml": "[run]\nrounds = 2\nspeed = 3\n",
+    }
+    paths = {}
+    for name, text in files.items():
+        paths[name] = root / name
+        paths[name].write_text(text, encoding="utf-8")
+    paths["latin1.csv"] = root / "latin1.csv"
+    paths["latin1.csv"].write_bytes("text,label\ncaf\xe9 au lait,a\nthe,b\n".encode("latin-1"))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory) -> Path:
+    """A real (tiny, random) GPT-2 checkpoint: a loadable model of an unsupported family."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path_factory.mktemp("gpt2")
+    config = GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        vocab_size=128,
+        n_positions=64,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    GPT2LMHeadModel(config).save_pretrained(path)
+    return path
+
+
+ERROR_CASES = {
+    # name: (extra CLI args, with {file} for the input path; hints the message must hold)
+    "missing dataset": (["--set", "data.dataset=/nope.csv"], ["not found", "/nope.csv"]),
+    "no label column": (
+        ["--set", "data.dataset={nolabel.csv}"],
+        ["no label column 'label'", "--set data.label_column="],
+    ),
+    "broken jsonl line": (["--set", "data.dataset={broken.jsonl}"], ["line 2", "JSON object"]),
+    "one class": (
+        ["--set", "data.dataset={oneclass.csv}"],
+        ["only one class", "at least two"],
+    ),
+    "undecodable bytes": (["--set", "data.dataset={latin1.csv}"], ["UTF-8", "iconv"]),
+    "sparsity out of range": (
+        ["--set", "pruning.target_sparsity=1.5"],
+        ["pruning.target_sparsity must be in [0, 1)"],
+    ),
+    "zero rounds": (["--set", "run.rounds=0"], ["run.rounds must be >= 1"]),
+    "not a number": (["--set", "run.rounds=many"], ["run.rounds", "--set run.rounds=4"]),
+    "unknown key": (["--set", "run.speed=3"], ["unknown key run.speed", "keys of [run] are"]),
+    "unknown key in file": (
+        ["--config", "{unknownkey.toml}"],
+        ["unknown key run.speed", "keys of [run] are"],
+    ),
+    "unknown section": (["--set", "wat.x=1"], ["unknown config section [wat]", "run, data"]),
+    "malformed --set": (["--set", "rounds"], ["section.key=value"]),
+    "unknown preset": (["--preset", "huge"], ["unknown preset 'huge'", "smoke, default"]),
+    "unknown method": (["--method", "fedavg"], ["'fedavg' is not one of", "fedlora"]),
+    "config not toml": (["--config", "{notoml.toml}"], ["is not valid TOML", "line 1"]),
+    "config missing": (["--config", "/nope.toml"], ["/nope.toml not found", "TOML file"]),
+    "unsupported architecture": (
+        ["--set", "model.source={gpt2}"],
+        ["'gpt2' is not supported", "llama"],
+    ),
+    "missing model dir": (
+        ["--set", "model.source=/nope/model"],
+        ["/nope/model does not exist", "model.source=minilm"],
+    ),
+    "model dir without config.json": (
+        ["--set", "model.source={empty_dir}"],
+        ["no config.json", "save_pretrained"],
+    ),
+}
+
+
+def fill(arg: str, paths: dict[str, str]) -> str:
+    for name, path in paths.items():
+        arg = arg.replace("{" + name + "}", path)
+    return arg
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_bad_input_is_one_error_line_and_leaves_nothing(
+    case, tmp_path, gpt2_dir, capsys, monkeypatch
+):
+    inputs = write_inputs(tmp_path)
+    (tmp_path / "empty_model").mkdir()
+    paths = {name: str(p) for name, p in inputs.items()}
+    paths |= {"gpt2": str(gpt2_dir), "empty_dir": str(tmp_path / "empty_model")}
+    extra, hints = ERROR_CASES[case]
+    args = [fill(arg, paths) for arg in extra]
+    out = tmp_path / "run"
+    code, _, stderr, seconds = run_main(
+        ["run", "--preset", "smoke", *args, "--out", str(out)], capsys, monkeypatch
+    )
+    assert code == 2
+    assert_one_error_line(stderr, *hints)
+    assert leftovers(tmp_path, set(inputs) | {"empty_model"}) == []
+    assert seconds < ERROR_BUDGET_S, f"{case} took {seconds:.0f}s: it should fail before Ray"
+
+
+@pytest.mark.parametrize("existing", ["non-empty dir", "file"])
+def test_existing_out_is_refused_and_kept_intact(existing, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "previous-run"
+    if existing == "file":
+        out.write_text("keep me", encoding="utf-8")
+    else:
+        out.mkdir()
+        (out / "summary.json").write_text("keep me", encoding="utf-8")
+    code, _, stderr, seconds = run_main(
+        ["run", "--preset", "smoke", "--out", str(out)], capsys, monkeypatch
+    )
+    assert code == 2
+    assert_one_error_line(stderr, str(out), "--out")
+    kept = out if existing == "file" else out / "summary.json"
+    assert kept.read_text(encoding="utf-8") == "keep me"
+    assert leftovers(tmp_path, {out.name, "summary.json"}) == []
+    assert seconds < ERROR_BUDGET_S
+
+
+def test_error_in_a_fresh_process_is_one_line_on_stderr(tmp_path):
+    """What a terminal gets from the installed command: stderr is a pipe (80 columns), not a tty;
+    a long message must still be one line and Rich must not eat `[run]` as markup."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "fedspine.cli", "run", "--preset", "smoke"]
+    result = subprocess.run(
+        [*command, "--set", "run.speed=3", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "COLUMNS"},
+    )
+    assert result.returncode == 2
+    assert_one_error_line(result.stderr, "keys of [run] are: method, seed, rounds")
+    assert result.stdout == ""
+    assert not out.exists() and not out.with_name("run.partial").exists()
+
+
+def test_data_error_from_console_script_has_no_library_noise(tmp_path):
+    """The data path imports torch and transformers: no warning or log line may join the error."""
+    script = Path(sys.executable).with_name("fedspine")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "fedspine.cli"]
+    csv = write_inputs(tmp_path)["nolabel.csv"]
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [*command, "run", "-p", "smoke", "-s", f"data.dataset={csv}", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert_one_error_line(result.stderr, "no label column 'label'", "columns present")
+    assert not out.exists() and not out.with_name("run.partial").exists()
+    assert not (tmp_path / "runs").exists()
+
+
+# ---- help and show-config ------------------------------------------------------------------
+
+BOX = re.compile(r"[│╭╮╰╯─┃━]")
+
+
+def flat(text: str) -> str:
+    """Rendered help without box drawing and line wrapping, for substring checks."""
+    return " ".join(BOX.sub(" ", text).split())
+
+
+def invoke(args: list[str]) -> str:
+    result = CliRunner().invoke(cli.app, args, prog_name="fedspine", env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_top_level_help_lists_every_command_with_a_description():
+    shown = flat(invoke(["--help"]))
+    group = typer.main.get_command(cli.app)
+    assert len(group.commands) >= 4
+    for name, command in group.commands.items():
+        summary = command.get_short_help_str(limit=200)
+        assert summary, f"command {name} has no description"
+        assert f"{name} {flat(summary)[:40]}" in shown
+
+
+@pytest.mark.parametrize("name", ["run", "show-config", "export", "bench-inference", "compare"])
+def test_command_help_explains_every_option(name):
+    group = typer.main.get_command(cli.app)
+    if name not in group.commands:
+        pytest.skip(f"no {name} command in this build")
+    shown = flat(invoke([name, "--help"]))
+    for param in group.commands[name].params:
+        explanation = getattr(param, "help", None)
+        assert explanation, f"{name}: {param.name} has no help text"
+        for opt in param.opts if param.param_type_name == "option" else []:
+            assert opt in shown, f"{name} --help does not list {opt}"
+        # Rich markup escapes (\[) render as the bracket; the text must survive rendering whole.
+        assert flat(explanation.replace("\\[", "[")) in shown, f"{name}: {param.name} help mangled"
+
+
+def test_run_help_names_the_config_tables():
+    assert "[run], [data], [model]" in flat(invoke(["run", "--help"]))
+
+
+def test_show_config_round_trips_through_a_config_file(tmp_path):
+    smoke = invoke(["show-config", "--preset", "smoke", "--set", "data.iid=true"])
+    parsed = tomllib.loads(smoke)
+    assert parsed["fleet"]["num_devices"] == 8 and parsed["data"]["iid"] is True
+    assert smoke != invoke(["show-config", "--preset", "default"])
+    config_file = tmp_path / "smoke.toml"
+    config_file.write_text(smoke, encoding="utf-8")
+    assert invoke(["show-config", "--config", str(config_file)]) == smoke
+    assert invoke(["show-config", "--preset", "paper", "--config", str(config_file)]) == smoke
