@@ -113,7 +113,7 @@ class BanditSection:
 @dataclass(frozen=True)
 class EvalSection:
     target_accuracy: float = 0.0  # 0 = 95% of this run's best accuracy; else an absolute bar
-    final_eval_examples: int = 200  # per-device final evaluation subset (global model: full test)
+    final_eval_examples: int = 100  # per-device final evaluation subset (global model: full test)
     round_devices: int = 2  # pruned methods: participants scored per round (least/most pruned)
 
 

@@ -21,6 +21,7 @@ from fedspine.lora.peft_io import (
     set_head_state,
     set_lora_factors,
 )
+from fedspine.lora.rank_pruning import self_pruned_rank, truncate_rank
 from fedspine.protocol import factors_to_tensors, payload_bytes
 from fedspine.pruning import (
     KeptIndices,
@@ -44,6 +45,7 @@ class DevicePlan:
     lora_rank: int
     target_sparsity: float = 0.0  # sparsity to reach by the end of this round
     prune_one_shot: bool = False  # prune to target before training (prune-then-tune)
+    rank_self_prune: bool = False  # HetLoRA: shed trailing LoRA components after training
     local_steps: int = 0  # 0 = the config's train.local_steps
 
 
@@ -56,6 +58,9 @@ class DeviceResult:
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
     scores: ModelScores | None = None  # the device's smoothed importance, kept across rounds
+
+
+RANK_TAIL_SHARE = 0.05  # HetLoRA's gamma: the tail share a device may drop
 
 
 def prune_points(local_steps: int, interval: int) -> list[int]:
@@ -131,6 +136,10 @@ def run_device_round(
         after_step=pruner.after_step,
     )
     factors, head = get_lora_factors(peft_model), get_head_state(peft_model)
+    rank = plan.lora_rank
+    if plan.rank_self_prune:
+        rank = self_pruned_rank(factors, RANK_TAIL_SHARE)
+        factors = truncate_rank(factors, rank)
     bytes_down, bytes_up = _payload(down_factors, down_head), _payload(factors, head)
     cond = conditions_at(device, res.fleet_spec, plan.round_num)
     compute_flops = pruner.flops + training_flops(
@@ -159,7 +168,7 @@ def run_device_round(
             "sparsity": report["structures_removed"],
             "param_sparsity": report["non_embedding_params_removed"],
             "params": report["params"],
-            "lora_rank": plan.lora_rank,
+            "lora_rank": rank,
         },
     )
 

@@ -24,6 +24,7 @@ LORA_RANK = "lora_rank"
 TARGET_SPARSITY = "target_sparsity"  # sparsity the device must reach by the end of the round
 FINAL_SPARSITY = "final_sparsity"  # the device's final target (caps every round's target)
 PRUNE_ONE_SHOT = "prune_one_shot"  # prune to target before training (prune-then-tune)
+RANK_SELF_PRUNE = "rank_self_prune"  # HetLoRA: drop trailing LoRA components after training
 LOCAL_STEPS = "local_steps"
 KEPT_JSON = "kept_json"  # the device's kept-index map, "" = unpruned
 

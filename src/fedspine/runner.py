@@ -73,7 +73,10 @@ def finish_run(config: Config, run_dir: RunDirectory, summary: dict[str, Any]) -
     return run_dir.publish()
 
 
-def quiet_logs() -> None:
+QUIET_LOGGERS = ("flwr", "ray", "transformers", "datasets")
+
+
+def quiet_logs(loggers: tuple[str, ...] = QUIET_LOGGERS) -> None:
     """Keep the terminal for the progress bar: library chatter goes only to errors."""
     import warnings
 
@@ -83,7 +86,7 @@ def quiet_logs() -> None:
     transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    for name in ("flwr", "ray", "transformers", "datasets"):
+    for name in loggers:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
@@ -115,6 +118,7 @@ def simulate(
             "log_to_driver": False,
         },
     }
+    quiet_logs()  # again: importing the apps and the data stack resets library loggers
     run_simulation(
         server_app=server_app,
         client_app=client_app,

@@ -81,6 +81,7 @@ def train(msg: Message, context: Context) -> Message:
         int(plan_record[P.LORA_RANK]),
         float(plan_record[P.TARGET_SPARSITY]),
         bool(plan_record[P.PRUNE_ONE_SHOT]),
+        bool(plan_record[P.RANK_SELF_PRUNE]),
         int(plan_record[P.LOCAL_STEPS]),
     )
     factors = P.tensors_to_factors(msg.content[P.LORA].to_torch_state_dict())

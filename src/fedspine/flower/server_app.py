@@ -47,8 +47,8 @@ def config_from_run_config(run_config: Mapping[str, Any]) -> tuple[Config, Path]
     """The resolved config and absolute run directory from `flwr run`'s run config.
 
     `overrides` holds `--set` style `section.key=value` pairs separated by ';'. A relative
-    `out` is resolved in the ServerApp's working directory, which `flwr run` does not set to
-    the caller's, so the absolute path is logged.
+    `out` is resolved in the ServerApp's working directory (the SuperLink's, not the caller's
+    of `flwr run`), so the absolute path is logged.
     """
     from fedspine.runner import run_dir_path
 
@@ -96,8 +96,9 @@ def main(grid: Grid, context: Context) -> None:
     A user error is logged as one `fedspine error:` line and re-raised so the run is marked
     failed; a run that fails midway keeps its finished rounds in `<out>.partial/`.
     """
-    from fedspine.runner import finish_run, new_run_dir
+    from fedspine.runner import QUIET_LOGGERS, finish_run, new_run_dir, quiet_logs
 
+    quiet_logs(tuple(name for name in QUIET_LOGGERS if name != "flwr"))  # keep Flower's log
     try:
         config, out = prepare_run(grid, context.run_config)
     except FedspineError as err:

@@ -44,6 +44,7 @@ class DeviceState:
             self.rounds_seen,
             self.last_time_s,
             self.last_flops,
+            self.last_rank,
             self.tier,
         )
 
@@ -84,6 +85,7 @@ class FedspineStrategy(Strategy):
                 P.CONFIG_JSON: self.config_json,
                 P.LORA_RANK: assignment.lora_rank,
                 P.TARGET_SPARSITY: assignment.target_sparsity,
+                P.RANK_SELF_PRUNE: assignment.rank_self_prune,
                 P.PRUNE_ONE_SHOT: assignment.prune_one_shot,
                 P.LOCAL_STEPS: local_steps,
                 P.KEPT_JSON: json.dumps(state.kept.to_dict()),

@@ -22,6 +22,7 @@ class DeviceView:
     rounds_seen: int
     last_time_s: float | None  # last completion time it reported
     last_work_flops: float | None  # work it reported for that round (for effective speed)
+    last_rank: int  # LoRA rank of its last upload (0 before any)
     declared_tier: str  # hardware class the device announced; only tier-rank baselines use it
 
 
@@ -30,6 +31,7 @@ class Assignment:
     lora_rank: int
     target_sparsity: float  # to reach by the end of the round
     prune_one_shot: bool = False
+    rank_self_prune: bool = False  # HetLoRA: the device may shed trailing LoRA components
 
 
 class Planner(Protocol):

@@ -33,10 +33,13 @@ class TierRankPlanner(FixedPlanner):
     """HetLoRA / FlexLoRA: each device takes the rank of the hardware tier it announced."""
 
     tier_ranks: dict[str, int] | None = None
+    self_prune: bool = False  # HetLoRA's rank self-pruning (FlexLoRA has none)
 
     def assign(self, round_num: int, device: DeviceView, final_round: bool) -> Assignment:
-        ranks = self.tier_ranks or {}
-        return Assignment(ranks.get(device.declared_tier, self.rank), 0.0)
+        rank = (self.tier_ranks or {}).get(device.declared_tier, self.rank)
+        if self.self_prune and device.last_rank:
+            rank = min(rank, device.last_rank)  # a device's self-pruned rank sticks
+        return Assignment(rank, 0.0, rank_self_prune=self.self_prune)
 
 
 @dataclass

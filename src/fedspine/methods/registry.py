@@ -26,7 +26,8 @@ METHODS: dict[str, Method] = {
             "hetlora",
             "zero-pad",
             False,
-            "ranks by device tier, zero-padded averaging, no pruning (unpruned reference)",
+            "ranks by device tier, zero-padded averaging, rank self-pruning, no model pruning "
+            "(the paper's unpruned reference)",
         ),
         Method(
             "flexlora",
@@ -84,7 +85,7 @@ def make_planner(method: Method, config: Config, num_devices: int) -> Planner:
     if method.name == "fedlora":
         return FixedPlanner(rank)
     if method.name in ("hetlora", "flexlora"):
-        return TierRankPlanner(rank, tier_ranks(config))
+        return TierRankPlanner(rank, tier_ranks(config), self_prune=method.name == "hetlora")
     if method.name == "prune-then-tune":
         return OneShotPlanner(rank, final)
     if method.name == "fedspine-fixed":
