@@ -7,11 +7,13 @@ imported once), and two run it as a separate process to see exactly what a user'
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,8 @@ from typer.testing import CliRunner
 
 import fedspine.resources  # noqa: F401  (import torch/transformers once, outside the timings)
 from fedspine import cli
+from fedspine.report.record import RunDirectory, read_rounds
+from fedspine.runner import QUIET_LOGGERS, abandon_run
 
 torch.set_num_threads(1)
 
@@ -30,13 +34,17 @@ ERROR_BUDGET_S = 30.0  # generous for a loaded 2-core box; a failure after Ray s
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Run in an empty cwd (a default `runs/` dir would land there) and restore os.environ,
-    which the runner updates with its offline settings."""
-    saved = dict(os.environ)
+    """Run in an empty cwd (a default `runs/` dir would land there); restore os.environ, the
+    warning filters and the log levels that the CLI changes for its own process."""
+    saved_env = dict(os.environ)
+    saved_levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
     monkeypatch.chdir(tmp_path)
-    yield
+    with warnings.catch_warnings():
+        yield
     os.environ.clear()
-    os.environ.update(saved)
+    os.environ.update(saved_env)
+    for name, level in saved_levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def run_main(args: list[str], capsys, monkeypatch) -> tuple[int, str, str, float]:
@@ -268,10 +276,6 @@ def test_command_help_explains_every_option(name):
         assert flat(explanation.replace("\\[", "[")) in shown, f"{name}: {param.name} help mangled"
 
 
-def test_run_help_names_the_config_tables():
-    assert "[run], [data], [model]" in flat(invoke(["run", "--help"]))
-
-
 def test_show_config_round_trips_through_a_config_file(tmp_path):
     smoke = invoke(["show-config", "--preset", "smoke", "--set", "data.iid=true"])
     parsed = tomllib.loads(smoke)
@@ -281,3 +285,16 @@ def test_show_config_round_trips_through_a_config_file(tmp_path):
     config_file.write_text(smoke, encoding="utf-8")
     assert invoke(["show-config", "--config", str(config_file)]) == smoke
     assert invoke(["show-config", "--preset", "paper", "--config", str(config_file)]) == smoke
+
+
+def test_failed_run_keeps_its_partial_dir_only_when_a_round_finished(tmp_path):
+    """A run that dies before its first round leaves nothing; a later failure keeps the rounds."""
+    empty = RunDirectory(tmp_path / "early")
+    assert abandon_run(empty) is None
+    assert list(tmp_path.iterdir()) == []
+    midway = RunDirectory(tmp_path / "midway")
+    midway.append_round({"round": 1, "accuracy": 0.8})
+    kept = abandon_run(midway)
+    assert kept == tmp_path / "midway.partial"
+    assert read_rounds(kept) == [{"round": 1, "accuracy": 0.8}]
+    assert not (tmp_path / "midway").exists()

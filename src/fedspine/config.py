@@ -33,7 +33,7 @@ METHODS = (
 class RunSection:
     method: str = "fedspine"  # one of METHODS
     seed: int = 0  # seeds data split, partition, fleet, sampling, LoRA init and the bandit
-    rounds: int = 20  # federated rounds
+    rounds: int = 16  # federated rounds
     clients_per_round: int = 8  # devices sampled each round (capped at num_devices)
     workers: int = 2  # parallel simulated clients (one CPU thread each)
 
@@ -48,7 +48,7 @@ class DataSection:
     round_eval_examples: int = 200  # fixed seeded subset scored every round (kept cheap)
     dirichlet_alpha: float = 0.5  # label skew across devices; lower is more non-IID
     iid: bool = False  # ignore alpha and split uniformly at random
-    max_seq_len: int = 64  # tokens per example (longer texts are truncated)
+    max_seq_len: int = 48  # tokens per example (longer texts are truncated)
     max_train_examples: int = 0  # 0 = use all training examples
 
 
@@ -64,7 +64,7 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class TrainSection:
-    local_steps: int = 20  # optimizer steps per device per round
+    local_steps: int = 16  # optimizer steps per device per round
     batch_size: int = 8
     learning_rate: float = 1e-3  # LoRA factors
     head_learning_rate: float = 2e-3  # the new classification head
@@ -94,7 +94,7 @@ class PruningSection:
     importance: str = "lora-taylor"  # lora-taylor | magnitude | taylor (calibration, full grads)
     ema_beta: float = 0.9  # smoothing of importance over local iterations
     selection: str = "uniform"  # uniform (same share per layer) | global (ranked across layers)
-    final_recovery_steps: int = 10  # LoRA steps after a device's last pruning step
+    final_recovery_steps: int = 10  # steps of the final round (scoring, prune at half, recovery)
 
 
 @dataclass(frozen=True)
@@ -141,16 +141,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
         "train": {"local_steps": 8},
         "fleet": {"num_devices": 8},
-        "pruning": {"prune_interval": 4, "final_recovery_steps": 4},
+        "pruning": {"prune_interval": 4, "final_recovery_steps": 6},
         "eval": {"final_eval_examples": 100},
     },
     # The main job: the 80-device fleet, MiniLM, bundled spam data; a few minutes on 2 cores.
     "default": {},
     # Closer to the paper's RoBERTa setting at our scale: multi-class topic data, longer run.
     "paper": {
-        "run": {"rounds": 40, "clients_per_round": 10},
-        "data": {"dataset": "sotu", "max_seq_len": 96, "max_test_examples": 600},
-        "train": {"local_steps": 40},
+        "run": {"rounds": 20},
+        "data": {"dataset": "sotu", "max_seq_len": 64, "max_test_examples": 500},
+        "train": {"local_steps": 20},
     },
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from fedspine.errors import ConfigError
 from fedspine.report.progress import RunProgress
 from fedspine.report.record import (
     CONFIG_FILE,
+    ROUNDS_FILE,
     SUMMARY_FILE,
     RunDirectory,
     write_json_atomic,
@@ -76,6 +78,16 @@ def finish_run(config: Config, run_dir: RunDirectory, summary: dict[str, Any]) -
 QUIET_LOGGERS = ("flwr", "ray", "transformers", "datasets")
 
 
+def abandon_run(run_dir: RunDirectory) -> Path | None:
+    """Close a failed run: keep `<out>.partial/` if a round finished, else remove it."""
+    run_dir.abandon()
+    rounds = run_dir.file(ROUNDS_FILE)
+    if rounds.is_file() and rounds.stat().st_size > 0:
+        return run_dir.path
+    shutil.rmtree(run_dir.path, ignore_errors=True)
+    return None
+
+
 def quiet_logs(loggers: tuple[str, ...] = QUIET_LOGGERS) -> None:
     """Keep the terminal for the progress bar: library chatter goes only to errors."""
     import warnings
@@ -119,16 +131,18 @@ def simulate(
         },
     }
     quiet_logs()  # again: importing the apps and the data stack resets library loggers
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=config.fleet.num_devices,
-        backend_config=backend,
-    )
-    if "error" in outcome:
-        run_dir.abandon()
-        raise outcome["error"]
-    if "summary" not in outcome:
-        run_dir.abandon()
-        raise RuntimeError("the simulation stopped before the run finished (see the log above)")
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=config.fleet.num_devices,
+            backend_config=backend,
+        )
+        if "error" in outcome:
+            raise outcome["error"]
+        if "summary" not in outcome:
+            raise RuntimeError("the simulation stopped before the run finished (see the log above)")
+    except BaseException:
+        abandon_run(run_dir)
+        raise
     return finish_run(config, run_dir, outcome["summary"])

@@ -135,6 +135,8 @@ def run_round(
     replies = grid.send_and_receive(list(messages))
     strategy.aggregate_train(round_num, replies)
     outcomes = strategy.last_round
+    if outcomes and all(o.get("crashed") for o in outcomes):
+        raise RuntimeError(f"every device crashed in round {round_num}: {outcomes[0]['error']}")
     train_done = time.perf_counter()
     metrics = evaluate_round(strategy.res, strategy, outcomes)
     clock["sim"] += max((o.get(P.TIME_S, 0.0) for o in outcomes), default=0.0)
@@ -160,10 +162,7 @@ def final_round(grid: Grid, strategy: FedspineStrategy, round_num: int) -> list[
     sparsity' comparison needs every device at the target, rarely-sampled ones included."""
     target = strategy.res.config.pruning.target_sparsity
     laggards = [n for n, s in strategy.devices.items() if s.sparsity < target - 1e-6]
-    steps = (
-        strategy.res.config.pruning.final_recovery_steps
-        + strategy.res.config.pruning.prune_interval
-    )
+    steps = strategy.res.config.pruning.final_recovery_steps  # prune at half, then recover
     return [strategy.train_message(n, round_num, True, grid, local_steps=steps) for n in laggards]
 
 

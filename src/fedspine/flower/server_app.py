@@ -96,7 +96,7 @@ def main(grid: Grid, context: Context) -> None:
     A user error is logged as one `fedspine error:` line and re-raised so the run is marked
     failed; a run that fails midway keeps its finished rounds in `<out>.partial/`.
     """
-    from fedspine.runner import QUIET_LOGGERS, finish_run, new_run_dir, quiet_logs
+    from fedspine.runner import QUIET_LOGGERS, abandon_run, finish_run, new_run_dir, quiet_logs
 
     quiet_logs(tuple(name for name in QUIET_LOGGERS if name != "flwr"))  # keep Flower's log
     try:
@@ -115,8 +115,12 @@ def main(grid: Grid, context: Context) -> None:
     try:
         summary = run_federation(grid, config, run_dir)
     except BaseException:
-        run_dir.abandon()
-        log(ERROR, "fedspine: run failed; finished rounds are kept in %s", run_dir.path)
+        kept = abandon_run(run_dir)
+        log(
+            ERROR,
+            "fedspine: run failed; %s",
+            f"finished rounds kept in {kept}" if kept else "no round had finished, nothing kept",
+        )
         raise
     published = finish_run(config, run_dir, summary)
     log(

@@ -112,25 +112,32 @@ class FedspineStrategy(Strategy):
         outcomes, uploads = [], []
         for reply in replies:
             if reply.has_error():
-                outcomes.append(
-                    {
-                        "ok": False,
-                        "error": str(reply.error.reason),
-                        "node_id": reply.metadata.src_node_id,
-                    }
-                )
+                outcomes.append(self._crashed(reply))
                 continue
             outcome, upload = self._absorb(reply)
             outcomes.append(outcome)
             if upload is not None:
                 uploads.append(upload)
-        rewards = self.planner.observe(server_round, [o for o in outcomes if "device" in o])
-        for outcome, reward in zip([o for o in outcomes if "device" in o], rewards, strict=False):
+        rewards = self.planner.observe(server_round, outcomes)
+        for outcome, reward in zip(outcomes, rewards, strict=True):
             if reward:
                 outcome["reward"] = reward
         self.global_lora.aggregate(uploads)
         self.last_round = outcomes
         return None, MetricRecord({"participants": float(len(outcomes))})
+
+    def _crashed(self, reply: Message) -> dict:
+        """A device whose ClientApp raised: logged (last line of the error), not aggregated."""
+        state = self.devices[reply.metadata.src_node_id]
+        lines = [line for line in str(reply.error.reason).splitlines() if line.strip()]
+        return {
+            "device": state.device_id,
+            "tier": state.tier,
+            "node_id": state.node_id,
+            "ok": False,
+            "crashed": True,
+            "error": lines[-1] if lines else "unknown error",
+        }
 
     def _absorb(self, reply: Message) -> tuple[dict, DeviceUpload | None]:
         """Update the device's server-side record from its reply; return its log and upload."""

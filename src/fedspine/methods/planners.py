@@ -9,6 +9,19 @@ import numpy as np
 from fedspine.methods.base import Assignment, DeviceView
 
 
+def participation_floor(
+    sparsity: float, final: float, round_num: int, rounds: int, participation_rate: float
+) -> float:
+    """Least sparsity to reach this round so a device ends at `final` in expectation [our choice].
+
+    With partial participation a device may be picked only a couple of times in a run; if it
+    closes just 1/k of its gap when k participations are still expected (this one included),
+    it arrives near the target by its last one instead of leaving it all to the final round.
+    """
+    expected = 1.0 + max(0, rounds - round_num) * participation_rate
+    return sparsity + (final - sparsity) / expected
+
+
 def ramp_sparsity(round_num: int, rounds: int, final: float) -> float:
     """Fixed iterative schedule: reach the final sparsity linearly by the middle of the run."""
     ramp_rounds = max(1, rounds // 2)
@@ -69,12 +82,15 @@ class ScheduledPlanner(FixedPlanner):
 
 @dataclass
 class RandomPlanner:
-    """FedSpine-random: (sparsity, rank) drawn uniformly from the bandit's box (ablation)."""
+    """FedSpine-random: (sparsity, rank) drawn uniformly from the bandit's box (ablation),
+    under the same participation-aware sparsity floor as the bandit."""
 
     final_sparsity: float
     rank_min: int
     rank_max: int
     seed: int
+    rounds: int = 16
+    participation_rate: float = 0.1
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
@@ -84,7 +100,10 @@ class RandomPlanner:
         rank = int(np.clip(round(2**log_rank), self.rank_min, self.rank_max))
         if final_round:
             return Assignment(rank, self.final_sparsity)
-        target = self.rng.uniform(device.sparsity, self.final_sparsity)
+        floor = participation_floor(
+            device.sparsity, self.final_sparsity, round_num, self.rounds, self.participation_rate
+        )
+        target = self.rng.uniform(floor, self.final_sparsity)
         return Assignment(rank, float(target))
 
     def observe(self, round_num: int, outcomes: list[dict]) -> list[dict]:

@@ -75,6 +75,11 @@ def global_rank(method: Method, config: Config) -> int:
     return config.bandit.rank_max
 
 
+def participation_rate(config: Config) -> float:
+    """Expected share of devices picked per round (what the server's sampler does)."""
+    return min(1.0, config.run.clients_per_round / config.fleet.num_devices)
+
+
 def get_method(name: str) -> Method:
     return METHODS[name]
 
@@ -91,7 +96,14 @@ def make_planner(method: Method, config: Config, num_devices: int) -> Planner:
     if method.name == "fedspine-fixed":
         return ScheduledPlanner(rank, final, config.run.rounds)
     if method.name == "fedspine-random":
-        return RandomPlanner(final, bandit.rank_min, bandit.rank_max, config.run.seed)
+        return RandomPlanner(
+            final,
+            bandit.rank_min,
+            bandit.rank_max,
+            config.run.seed,
+            config.run.rounds,
+            participation_rate(config),
+        )
     from fedspine.methods.fedspine import BanditPlanner
 
     mode = "per-device" if method.name == "fedspine-perdevice" else bandit.mode
