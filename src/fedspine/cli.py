@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedspine.errors import FedspineError
 
@@ -232,7 +233,7 @@ def main() -> None:
     try:
         app()
     except FedspineError as err:
-        console.print(f"[bold red]error:[/] {err}")
+        console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print(

@@ -19,14 +19,19 @@ from fedspine import protocol as P
 from fedspine.device_round import DevicePlan, run_device_round
 from fedspine.pruning import KeptIndices, LayerScores, ModelScores
 from fedspine.resources import load_resources
+from fedspine.runner import quiet_logs
 
 app = ClientApp()
 SCORES = "importance_ema"  # node-local state: the device's smoothed group importance
 
 
 def _threads() -> None:
-    """One torch thread per simulated client: two clients share two cores without thrashing."""
+    """One torch thread per simulated client: two clients share two cores without thrashing.
+
+    Also keeps library chatter (weight-loading bars, deprecation notes) out of the worker log.
+    """
     torch.set_num_threads(int(os.environ.get("FEDSPINE_CLIENT_THREADS", "1")))
+    quiet_logs(("transformers", "datasets"))
 
 
 @app.query()
