@@ -78,6 +78,31 @@ def _payload(result_factors, head) -> int:
     return payload_bytes(factors_to_tensors(result_factors)) + payload_bytes(head)
 
 
+def _device_model(
+    res: RunResources,
+    device: DeviceProfile,
+    plan: DevicePlan,
+    kept: KeptIndices,
+    down_factors: dict[str, LoraFactors],
+    down_head: dict[str, torch.Tensor],
+) -> torch.nn.Module:
+    """The device's pruned model (sliced from the shared base) with the down-linked LoRA."""
+    cfg = res.config
+    peft_model = attach_lora(
+        build_pruned_model(res.base.model, kept),
+        res.base.adapter,
+        plan.lora_rank,
+        cfg.model.lora_alpha_per_rank,
+        cfg.model.lora_dropout,
+        seed=cfg.run.seed + device.device_id,
+    )
+    if down_factors:
+        set_lora_factors(peft_model, down_factors)
+    if down_head:
+        set_head_state(peft_model, down_head)
+    return peft_model
+
+
 def run_device_round(
     res: RunResources,
     device: DeviceProfile,
@@ -89,88 +114,95 @@ def run_device_round(
 ) -> DeviceResult:
     """Train (and prune) one device for one round and cost it on the simulated clock."""
     cfg = res.config
-    adapter = res.base.adapter
     steps = plan.local_steps or cfg.train.local_steps
     data = res.train.subset(res.partitions[device.device_id])
-    model = build_pruned_model(res.base.model, kept)
-    peft_model = attach_lora(
-        model,
-        adapter,
-        plan.lora_rank,
-        cfg.model.lora_alpha_per_rank,
-        cfg.model.lora_dropout,
-        seed=cfg.run.seed + device.device_id,
-    )
-    if down_factors:
-        set_lora_factors(peft_model, down_factors)
-    if down_head:
-        set_head_state(peft_model, down_head)
-    seq_len = cfg.data.max_seq_len
-    memory = training_memory_bytes(peft_model, cfg.train.batch_size, seq_len)
+    peft_model = _device_model(res, device, plan, kept, down_factors, down_head)
+    # 1. A configuration over the device's memory budget fails on that device only.
+    memory = training_memory_bytes(peft_model, cfg.train.batch_size, cfg.data.max_seq_len)
     if exceeds_budget(memory, device, res.fleet_spec.memory_usable_fraction):
         return DeviceResult(
             ok=False,
             kept=kept,
-            error=(f"training needs {memory / 2**20:.0f} MB, over the device's budget"),
             metrics={"train_memory_mb": memory / 2**20},
+            error=f"training needs {memory / 2**20:.0f} MB, over the device's budget",
         )
+    # 2. Local training with scheduled prune steps (or one-shot pruning first).
     pruner = _Pruner(res, peft_model, kept, plan, steps, data, prior_scores)
     if plan.prune_one_shot:
         pruner.one_shot()
-    optimizer = make_optimizer(
+    pruner.optimizer = make_optimizer(
         peft_model,
         cfg.train.learning_rate,
         cfg.train.head_learning_rate,
         cfg.train.weight_decay,
-        adapter.head_module_names,
+        res.base.adapter.head_module_names,
     )
-    pruner.optimizer = optimizer
     stats = train_local(
         peft_model,
         data,
         steps,
         cfg.train.batch_size,
-        optimizer,
+        pruner.optimizer,
         seed=cfg.run.seed * 100_003 + plan.round_num * 1009 + device.device_id,
         after_backward=pruner.after_backward,
         after_step=pruner.after_step,
     )
+    # 3. Up-link: LoRA in the device's own coordinates (HetLoRA may shed rank), costed.
     factors, head = get_lora_factors(peft_model), get_head_state(peft_model)
     rank = plan.lora_rank
     if plan.rank_self_prune:
         rank = self_pruned_rank(factors, RANK_TAIL_SHARE)
         factors = truncate_rank(factors, rank)
-    bytes_down, bytes_up = _payload(down_factors, down_head), _payload(factors, head)
-    cond = conditions_at(device, res.fleet_spec, plan.round_num)
-    compute_flops = pruner.flops + training_flops(
-        peft_model, 2 * cfg.train.batch_size, seq_len, forward_only=True
+    metrics = _round_metrics(
+        res,
+        device,
+        plan,
+        peft_model,
+        pruner,
+        stats,
+        _payload(factors, head),
+        _payload(down_factors, down_head),
     )
-    time_s = round_time_s(compute_flops, bytes_up, bytes_down, cond, device.latency_s)
-    report = sparsity_report(pruner.kept, res.base.model.config)
+    metrics.update({"train_memory_mb": memory / 2**20, "lora_rank": rank})
+    scores = pruner.lora_taylor.scores if pruner.lora_taylor is not None else prior_scores
     return DeviceResult(
-        ok=True,
-        factors=factors,
-        head=head,
-        kept=pruner.kept,
-        scores=pruner.lora_taylor.scores if pruner.lora_taylor is not None else prior_scores,
-        metrics={
-            "num_examples": stats.examples,
-            "loss_before": stats.loss_before,
-            "loss_after": stats.loss_after,
-            "time_s": time_s,
-            "compute_s": compute_flops / cond.flops_per_s,
-            "bytes_up": bytes_up,
-            "bytes_down": bytes_down,
-            "train_flops": compute_flops,
-            "train_memory_mb": memory / 2**20,
-            "train_wall_s": stats.train_wall_s,
-            "train_tokens": stats.tokens,
-            "sparsity": report["structures_removed"],
-            "param_sparsity": report["non_embedding_params_removed"],
-            "params": report["params"],
-            "lora_rank": rank,
-        },
+        ok=True, factors=factors, head=head, kept=pruner.kept, scores=scores, metrics=metrics
     )
+
+
+def _round_metrics(
+    res: RunResources,
+    device: DeviceProfile,
+    plan: DevicePlan,
+    peft_model: torch.nn.Module,
+    pruner: _Pruner,
+    stats,
+    bytes_up: int,
+    bytes_down: int,
+) -> dict[str, float]:
+    """The device's report: losses, work, simulated time from real FLOPs and bytes, sparsity."""
+    cfg = res.config
+    cond = conditions_at(device, res.fleet_spec, plan.round_num)
+    probe_flops = training_flops(
+        peft_model, 2 * cfg.train.batch_size, cfg.data.max_seq_len, forward_only=True
+    )  # the loss probe before and after
+    compute_flops = pruner.flops + probe_flops
+    report = sparsity_report(pruner.kept, res.base.model.config)
+    return {
+        "num_examples": stats.examples,
+        "loss_before": stats.loss_before,
+        "loss_after": stats.loss_after,
+        "time_s": round_time_s(compute_flops, bytes_up, bytes_down, cond, device.latency_s),
+        "compute_s": compute_flops / cond.flops_per_s,
+        "bytes_up": bytes_up,
+        "bytes_down": bytes_down,
+        "train_flops": compute_flops,
+        "train_wall_s": stats.train_wall_s,
+        "train_tokens": stats.tokens,
+        "sparsity": report["structures_removed"],
+        "param_sparsity": report["non_embedding_params_removed"],
+        "params": report["params"],
+    }
 
 
 class _Pruner:

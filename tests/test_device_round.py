@@ -1,0 +1,58 @@
+"""One device's round on the real MiniLM and spam data: pruning schedule, costing, up-link."""
+
+import pytest
+
+from fedspine.config import load_config
+from fedspine.device_round import DevicePlan, prune_points, run_device_round, sparsity_schedule
+from fedspine.evaluation import full_kept
+from fedspine.pruning import module_kept_indices
+from fedspine.resources import build_resources
+
+
+@pytest.fixture(scope="module")
+def res():
+    return build_resources(load_config("smoke", overrides=["train.local_steps=6"]))
+
+
+def test_prune_points_leave_recovery_steps():
+    assert prune_points(20, 20) == [10]
+    assert prune_points(45, 20) == [20, 40]
+    assert all(p < 45 for p in prune_points(45, 20))
+    assert sparsity_schedule(0.1, 0.5, 2) == pytest.approx([0.3, 0.5])
+
+
+def test_pruning_round_reaches_target_and_uplinks_in_kept_coordinates(res):
+    device = res.fleet[0]
+    plan = DevicePlan(round_num=1, lora_rank=4, target_sparsity=0.5, local_steps=6)
+    result = run_device_round(res, device, plan, full_kept(res), {}, {})
+    assert result.ok and result.metrics["sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert result.metrics["time_s"] > 0 and result.metrics["bytes_up"] > 0
+    assert result.scores is not None  # the importance EMA the node keeps for later rounds
+    per_module = module_kept_indices(res.base.adapter, result.kept)
+    for name, (rows, cols) in per_module.items():
+        factors = result.factors[name]
+        assert factors.A.shape[0] == factors.B.shape[1] == 4
+        if rows is not None:
+            assert factors.B.shape[0] == len(rows)
+        if cols is not None:
+            assert factors.A.shape[1] == len(cols)
+
+
+def test_pruned_device_does_less_work_than_unpruned(res):
+    device = res.fleet[0]
+    full = run_device_round(
+        res, device, DevicePlan(1, 4, 0.0, local_steps=6), full_kept(res), {}, {}
+    )
+    pruned = run_device_round(
+        res, device, DevicePlan(1, 4, 0.5, local_steps=6), full_kept(res), {}, {}
+    )
+    assert pruned.metrics["train_flops"] < 0.9 * full.metrics["train_flops"]
+    assert full.metrics["sparsity"] == 0.0
+
+
+def test_one_shot_and_rank_self_pruning(res):
+    plan = DevicePlan(1, 8, 0.5, prune_one_shot=True, rank_self_prune=True, local_steps=6)
+    result = run_device_round(res, res.fleet[1], plan, full_kept(res), {}, {})
+    assert result.metrics["sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert 1 <= result.metrics["lora_rank"] <= 8
+    assert all(f.A.shape[0] == result.metrics["lora_rank"] for f in result.factors.values())
