@@ -39,9 +39,9 @@ def default_model_dir() -> Path:
 
 def load_classifier(model_source: str | None) -> tuple[nn.Module, str]:
     """(float32 eval model with a fresh 2-label head, display name); None = bundled MiniLM."""
-    path = default_model_dir() if model_source is None else Path(model_source)
-    if not path.is_dir():
-        raise ModelError(f"Model directory {path} does not exist; pass a local HF model directory")
+    from fedspine.models.loading import resolve_model_dir
+
+    path = default_model_dir() if model_source is None else resolve_model_dir(model_source)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     name = DEFAULT_MODEL_NAME if model_source is None else str(model_source)
     return model.float().eval(), name

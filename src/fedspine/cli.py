@@ -203,7 +203,9 @@ def bench_inference(
     batch: Annotated[int, typer.Option(help="batch size")] = 8,
     seq_len: Annotated[int, typer.Option(help="sequence length")] = 128,
     repeats: Annotated[int, typer.Option(help="timed repeats (median reported)")] = 20,
-    threads: Annotated[int, typer.Option(help="torch threads")] = 2,
+    threads: Annotated[
+        int, typer.Option(help="torch threads (1 gives stable ratios on a busy machine)")
+    ] = 1,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the table as JSON")] = None,
 ) -> None:
     """Latency, parameter count and bytes of pruned copies, side by side in one process."""

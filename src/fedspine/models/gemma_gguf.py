@@ -78,6 +78,11 @@ def cached_gemma_dir(root: Path | None = None) -> Path:
         build_plain_gemma(build_dir)
         _publish(build_dir, target)
         log.info("Gemma cache built in %.0f s", time.perf_counter() - started)
+    except OSError as err:  # disk full, permissions: the ~0.8 GB build needs room
+        raise ModelError(
+            f"building the Gemma cache in {target.parent} failed ({err}); free ~1 GB there or "
+            f"set {CACHE_ENV} to another folder"
+        ) from None
     finally:
         shutil.rmtree(build_dir, ignore_errors=True)
     return target
