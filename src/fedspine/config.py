@@ -33,7 +33,7 @@ METHODS = (
 class RunSection:
     method: str = "fedspine"  # one of METHODS
     seed: int = 0  # seeds data split, partition, fleet, sampling, LoRA init and the bandit
-    rounds: int = 14  # federated rounds
+    rounds: int = 12  # federated rounds
     clients_per_round: int = 8  # devices sampled each round (capped at num_devices)
     workers: int = 2  # parallel simulated clients (one CPU thread each)
 
@@ -45,7 +45,7 @@ class DataSection:
     label_column: str = "label"
     test_fraction: float = 0.2  # held-out share, stratified
     max_test_examples: int = 400  # cap on the held-out set used for the final accuracy
-    round_eval_examples: int = 150  # fixed seeded subset scored every round (kept cheap)
+    round_eval_examples: int = 128  # fixed seeded subset scored every round (kept cheap)
     dirichlet_alpha: float = 0.5  # label skew across devices; lower is more non-IID
     iid: bool = False  # ignore alpha and split uniformly at random
     max_seq_len: int = 48  # tokens per example (longer texts are truncated)
@@ -64,7 +64,7 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class TrainSection:
-    local_steps: int = 14  # optimizer steps per device per round
+    local_steps: int = 12  # optimizer steps per device per round
     batch_size: int = 8
     learning_rate: float = 1e-3  # LoRA factors
     head_learning_rate: float = 2e-3  # the new classification head
@@ -94,7 +94,7 @@ class PruningSection:
     importance: str = "lora-taylor"  # lora-taylor | magnitude | taylor (calibration, full grads)
     ema_beta: float = 0.9  # smoothing of importance over local iterations
     selection: str = "uniform"  # uniform (same share per layer) | global (ranked across layers)
-    final_recovery_steps: int = 8  # steps of the final round (scoring, prune at half, recovery)
+    final_recovery_steps: int = 6  # steps of the final round (scoring, prune at half, recovery)
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class BanditSection:
 @dataclass(frozen=True)
 class EvalSection:
     target_accuracy: float = 0.0  # 0 = 95% of this run's best accuracy; else an absolute bar
-    final_eval_examples: int = 100  # per-device final evaluation subset (global model: full test)
+    final_eval_examples: int = 64  # per-device final evaluation subset (global model: full test)
     round_devices: int = 2  # pruned methods: participants scored per round (least/most pruned)
 
 
