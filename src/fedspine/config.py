@@ -101,7 +101,7 @@ class PruningSection:
 class BanditSection:
     mode: str = "shared"  # shared (devices grouped by observed speed) | per-device (paper)
     rank_min: int = 2
-    rank_max: int = 16
+    rank_max: int = 8  # = FedLoRA's fixed rank: a device never ships more than FedLoRA does
     exploration: float = 0.5  # c in mean + c*sqrt(log t / n)
     smoothness: float = 0.3  # L in + L*diam(cell)
     w_loss: float = 1.0  # reward weight of the relative loss drop
