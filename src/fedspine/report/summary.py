@@ -26,20 +26,26 @@ def time_to_target(rows: list[dict], target: float) -> float | None:
     return None
 
 
-def framework_overhead_share(rows: list[dict], workers: int) -> float | None:
-    """Share of round wall time spent outside local training and evaluation.
+def framework_overhead_share(rows: list[dict], workers: int) -> dict[str, float | None]:
+    """Where round wall time goes, as shares of the summed round wall time.
 
-    Local training time per round = the participants' summed training wall time divided by
-    the number of clients that run at once (the busiest worker's load, approximately).
+    `framework`: outside the devices' handlers and the server's evaluation (Flower/Ray
+    messaging, serialisation, server planning and aggregation). `device_setup`: inside the
+    handlers but outside the optimizer loop (slicing the base, attaching LoRA, the loss probe,
+    costing). A device's busy time is spread over the `workers` clients that run at once.
     """
-    total = overhead = 0.0
+    total = framework = setup = 0.0
     for row in rows:
-        train = [p["train_wall_s"] or 0.0 for p in row["participants"] if p.get("train_wall_s")]
-        parallel = max(1, min(workers, len(train)))
-        busy = sum(train) / parallel + row["eval_wall_s"]
+        parts = [p for p in row["participants"] if p.get("handler_wall_s")]
+        parallel = max(1, min(workers, len(parts)))
+        handler = sum(p["handler_wall_s"] for p in parts) / parallel
+        train = sum(p.get("train_wall_s") or 0.0 for p in parts) / parallel
         total += row["round_wall_s"]
-        overhead += max(0.0, row["round_wall_s"] - busy)
-    return overhead / total if total > 0 else None
+        framework += max(0.0, row["round_wall_s"] - row["eval_wall_s"] - handler)
+        setup += max(0.0, handler - train)
+    if total <= 0:
+        return {"framework": None, "device_setup": None}
+    return {"framework": framework / total, "device_setup": setup / total}
 
 
 def build_summary(
@@ -79,6 +85,8 @@ def build_summary(
         "failed_device_rounds": sum(not p["ok"] for r in rows for p in r["participants"]),
         "peak_rss_mb": peak_rss_mb,
         "framework_overhead_share": framework_overhead_share(rows, config.run.workers),
+        # {"framework": outside device handlers and evaluation, "device_setup": handler work
+        # outside the optimizer loop}; see framework_overhead_share's docstring
         "accuracy_definition": ACCURACY_DEFINITION,
         "devices": devices,
         "fleet": fleet_to_dict(res.fleet_spec, res.fleet),
