@@ -31,10 +31,6 @@ def full_kept(res: RunResources) -> KeptIndices:
     return KeptIndices.full(res.base.adapter, res.base.model.config)
 
 
-def kept_rows_cols(res: RunResources, kept: KeptIndices) -> tuple[dict, dict]:
-    return rows_cols(res.base, kept)
-
-
 def rows_cols(base: LoadedModel, kept: KeptIndices) -> tuple[dict, dict]:
     """Per LoRA module, the kept output rows and input columns (None = all) in full coordinates."""
     per_module = module_kept_indices(base.adapter, kept)

@@ -34,7 +34,6 @@ NUM_EXAMPLES = "num_examples"
 LOSS_BEFORE = "loss_before"
 LOSS_AFTER = "loss_after"
 TIME_S = "time_s"
-COMPUTE_S = "compute_s"
 BYTES_UP = "bytes_up"
 BYTES_DOWN = "bytes_down"
 TRAIN_FLOPS = "train_flops"
@@ -42,11 +41,7 @@ TRAIN_MEMORY_MB = "train_memory_mb"
 TRAIN_WALL_S = "train_wall_s"
 HANDLER_WALL_S = "handler_wall_s"
 SPARSITY = "sparsity"  # share of prunable heads/channels removed
-PARAM_SPARSITY = "param_sparsity"  # share of non-embedding parameters removed
-PARAMS = "params"
 USED_RANK = "lora_rank"
-ACCURACY = "accuracy"
-LOSS = "loss"
 
 # Keys of DEVICE_META.
 DEVICE_ID = "device_id"

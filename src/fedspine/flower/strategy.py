@@ -16,7 +16,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedspine import protocol as P
-from fedspine.evaluation import kept_rows_cols
+from fedspine.evaluation import rows_cols
 from fedspine.global_state import DeviceUpload, GlobalLora, update_norm
 from fedspine.methods.base import DeviceView, Method, Planner
 from fedspine.pruning import KeptIndices
@@ -33,8 +33,6 @@ class DeviceState:
     kept: KeptIndices  # starts as the full map; the device's reports shrink it
     sparsity: float = 0.0
     rounds_seen: int = 0
-    last_time_s: float | None = None
-    last_flops: float | None = None
     last_rank: int = 0
 
     def view(self) -> DeviceView:
@@ -42,8 +40,6 @@ class DeviceState:
             self.node_id,
             self.sparsity,
             self.rounds_seen,
-            self.last_time_s,
-            self.last_flops,
             self.last_rank,
             self.tier,
         )
@@ -77,7 +73,7 @@ class FedspineStrategy(Strategy):
     ) -> Message:
         state = self.devices[node_id]
         assignment = self.planner.assign(round_num, state.view(), final_round)
-        rows, cols = kept_rows_cols(self.res, state.kept)
+        rows, cols = rows_cols(self.res.base, state.kept)
         factors = self.global_lora.downlink(rows, cols, assignment.lora_rank)
         plan = ConfigRecord(
             {
@@ -158,9 +154,8 @@ class FedspineStrategy(Strategy):
             return outcome, None
         state.kept = KeptIndices.from_dict(json.loads(str(meta[P.KEPT_JSON])))
         state.sparsity = float(report[P.SPARSITY])
-        state.last_time_s, state.last_flops = float(report[P.TIME_S]), float(report[P.TRAIN_FLOPS])
         state.last_rank = int(report[P.USED_RANK])
-        rows, cols = kept_rows_cols(self.res, state.kept)
+        rows, cols = rows_cols(self.res.base, state.kept)
         factors = P.tensors_to_factors(reply.content[P.LORA].to_torch_state_dict())
         upload = DeviceUpload(
             factors,

@@ -20,8 +20,6 @@ class DeviceView:
     node_id: int
     sparsity: float  # reached so far, from the device's reports
     rounds_seen: int
-    last_time_s: float | None  # last completion time it reported
-    last_work_flops: float | None  # work it reported for that round (for effective speed)
     last_rank: int  # LoRA rank of its last upload (0 before any)
     declared_tier: str  # hardware class the device announced; only tier-rank baselines use it
 
