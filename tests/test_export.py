@@ -82,17 +82,19 @@ def test_encoder_with_only_channels_pruned_loads_with_stock_from_pretrained(tmp_
     apply_kept_(model, adapter, full, channel_only)
     assert is_stock_loadable(adapter, channel_only)
     export_pruned(model, channel_only, tmp_path / "export")
+    assert json.loads((tmp_path / "export" / PRUNING_FILE).read_text())["loader"] == "stock"
     stock = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export").eval()
     assert stock.config.intermediate_size == 32
     assert torch.allclose(_logits(stock), _logits(model), atol=1e-5)
 
 
-def test_encoder_with_pruned_heads_needs_load_pruned(tmp_path):
+def test_encoder_with_pruned_heads_is_not_stock_loadable(tmp_path):
+    """It loads with trust_remote_code (tests/test_export_remote_code.py) and load_pruned."""
     peft_model, kept = _pruned_peft("bert")
     assert not is_stock_loadable(adapter_for(peft_model), kept)
     export_pruned(peft_model, kept, tmp_path / "export")
     info = json.loads((tmp_path / "export" / PRUNING_FILE).read_text())
-    assert info["stock_loadable"] is False
+    assert (info["stock_loadable"], info["loader"]) == (False, "trust_remote_code")
     assert torch.allclose(_logits(load_pruned(tmp_path / "export")), _logits(peft_model), atol=1e-5)
 
 

@@ -2,15 +2,23 @@
 
 The LoRA is merged into a *copy* of the pruned model (the device model may share tensors with
 the frozen base, see `build_pruned_model`). Beside the usual files, ``fedspine_pruning.json``
-holds the kept-index map, and config.json holds ``fedspine_layer_widths``.
+holds the kept-index map and ``loader`` (which loader below reads the export), and config.json
+holds ``fedspine_layer_widths`` (the per-layer widths).
 
-Which loader reads an export:
-- decoders (LLaMA, Qwen2, Mistral, Gemma 3) with uniform widths, and encoders (BERT, RoBERTa)
-  whose heads were not pruned: stock ``AutoModelForSequenceClassification.from_pretrained``
-  (the config carries the widths; decoders get an explicit ``head_dim``);
-- everything else (per-layer widths, or BERT/RoBERTa with pruned heads: their attention derives
-  the head size as hidden_size / num_attention_heads, so no stock config can describe a head
-  count other than the original): `load_pruned`, which also reads the stock-loadable ones.
+Which loader reads an export (``loader`` in fedspine_pruning.json):
+- ``"stock"``: decoders (LLaMA, Qwen2, Mistral, Gemma 3) with uniform widths, and encoders
+  (BERT, RoBERTa) with uniform widths whose heads were not pruned load with stock
+  ``AutoModelForSequenceClassification.from_pretrained(dir)`` (the config carries the widths;
+  decoders get an explicit ``head_dim``);
+- ``"trust_remote_code"``: every other BERT/RoBERTa export (pruned heads: their attention
+  derives the head size as hidden_size / num_attention_heads, so no stock config describes
+  another head count; or per-layer widths). The export ships ``modeling_fedspine_encoder.py``
+  (torch and transformers only) and an ``auto_map`` (model_type ``fedspine_bert`` /
+  ``fedspine_roberta``), so ``AutoModelForSequenceClassification`` and ``AutoModel``
+  ``.from_pretrained(dir, trust_remote_code=True)`` build it at its per-layer widths;
+- ``"load_pruned"``: decoders with per-layer widths only load with `load_pruned`.
+`load_pruned` reads every export (any loader, also those written before ``loader`` existed)
+without running code from the directory.
 The directory is written to a temporary sibling and renamed into place, so a failed export
 never leaves a half-written model behind.
 """
@@ -18,6 +26,7 @@ never leaves a half-written model behind.
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import json
 import shutil
 import tempfile
@@ -35,6 +44,10 @@ from fedspine.pruning.slicing import apply_kept_
 
 PRUNING_FILE = "fedspine_pruning.json"
 PRUNING_FORMAT = 1
+REMOTE_CODE_FILE = "modeling_fedspine_encoder.py"  # shipped in fedspine/pruning/hf_remote/
+# Families with remote code (family name == stock model type) -> prefix of its class names there;
+# the export's model_type is "fedspine_<family>".
+REMOTE_CODE_FAMILIES = {"bert": "FedspineBert", "roberta": "FedspineRoberta"}
 
 
 def is_stock_loadable(adapter: FamilyAdapter, kept: KeptIndices) -> bool:
@@ -43,6 +56,13 @@ def is_stock_loadable(adapter: FamilyAdapter, kept: KeptIndices) -> bool:
         return False
     heads_pruned = any(len(k.heads) != kept.dims.num_heads for k in kept.layers)
     return adapter.has_grouped_kv or not heads_pruned
+
+
+def export_loader(adapter: FamilyAdapter, kept: KeptIndices) -> str:
+    """How an export of this model loads: "stock", "trust_remote_code" or "load_pruned"."""
+    if is_stock_loadable(adapter, kept):
+        return "stock"
+    return "trust_remote_code" if adapter.name in REMOTE_CODE_FAMILIES else "load_pruned"
 
 
 def merged_copy(model: nn.Module) -> nn.Module:
@@ -63,9 +83,13 @@ def export_pruned(model: nn.Module, kept: KeptIndices, out_dir: str | Path, toke
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         hf_model.save_pretrained(staging)
+        loader = export_loader(adapter, kept)
+        if loader == "trust_remote_code":
+            _add_remote_code(staging, adapter, kept)
         info = {
             "format": PRUNING_FORMAT,
-            "stock_loadable": is_stock_loadable(adapter, kept),
+            "loader": loader,
+            "stock_loadable": loader == "stock",
             "kept": kept.to_dict(),
         }
         (staging / PRUNING_FILE).write_text(json.dumps(info))
@@ -76,6 +100,32 @@ def export_pruned(model: nn.Module, kept: KeptIndices, out_dir: str | Path, toke
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def _add_remote_code(model_dir: Path, adapter: FamilyAdapter, kept: KeptIndices) -> None:
+    """Point config.json at the shipped modeling file, which builds the per-layer widths."""
+    config_path = model_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    prefix = REMOTE_CODE_FAMILIES[adapter.name]
+    module = REMOTE_CODE_FILE.removesuffix(".py")
+    dims = kept.dims
+    config.update(
+        model_type=f"fedspine_{adapter.name}",
+        architectures=[f"{prefix}ForSequenceClassification"],
+        auto_map={
+            "AutoConfig": f"{module}.{prefix}Config",
+            "AutoModel": f"{module}.{prefix}Model",
+            "AutoModelForSequenceClassification": f"{module}.{prefix}ForSequenceClassification",
+        },
+        # the stock fields keep the unpruned widths; the real ones are per layer
+        num_attention_heads=dims.num_heads,
+        intermediate_size=dims.intermediate_size,
+        head_dim=dims.head_dim,
+        **{PRUNED_WIDTHS_FIELD: kept.layer_widths()},
+    )
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    source = importlib.resources.files("fedspine.pruning") / "hf_remote" / REMOTE_CODE_FILE
+    (model_dir / REMOTE_CODE_FILE).write_bytes(source.read_bytes())
 
 
 def _replace_dir(staging: Path, target: Path) -> None:
@@ -119,7 +169,7 @@ def load_pruned(model_dir: str | Path) -> nn.Module:
     if info.get("format") != PRUNING_FORMAT:
         raise ModelError(f"{info_path} has format {info.get('format')}, expected {PRUNING_FORMAT}")
     kept = KeptIndices.from_dict(info["kept"])
-    config = AutoConfig.from_pretrained(model_dir)
+    config = _stock_config(model_dir)
     adapter = adapter_for(config)
     full_config = copy.deepcopy(config)
     dims = kept.dims
@@ -140,6 +190,19 @@ def load_pruned(model_dir: str | Path) -> nn.Module:
         )
     model.tie_weights()
     return model.eval()
+
+
+def _stock_config(model_dir: Path):
+    """The export's config as its stock class (a remote-code export's code is not run)."""
+    raw = json.loads((model_dir / "config.json").read_text())
+    model_type = str(raw.get("model_type", ""))
+    family = model_type.removeprefix("fedspine_")
+    if family == model_type or family not in REMOTE_CODE_FAMILIES:
+        return AutoConfig.from_pretrained(model_dir)
+    for key in ("model_type", "auto_map", "head_dim"):
+        raw.pop(key, None)
+    raw["architectures"] = [name.removeprefix("Fedspine") for name in raw.get("architectures", [])]
+    return AutoConfig.for_model(family, name_or_path=str(model_dir), **raw)
 
 
 def _tied_keys(model: nn.Module) -> set[str]:
