@@ -172,8 +172,10 @@ def export(
 ) -> None:
     """Write one device's final model (pruned, LoRA merged) as a Hugging Face model directory.
 
-    Uniform per-layer widths load with stock `from_pretrained` (decoders; encoders whose heads
-    were kept); every export loads with `fedspine.load_pruned(dir)`.
+    Uniform decoders and encoders whose heads were kept load with stock `from_pretrained`;
+    BERT/RoBERTa with pruned heads or per-layer widths with `from_pretrained(dir,
+    trust_remote_code=True)` (the export ships its modeling file); every export loads with
+    `fedspine.load_pruned(dir)`.
     """
     from fedspine.export_device import export_device
 

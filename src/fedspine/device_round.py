@@ -33,6 +33,7 @@ from fedspine.pruning import (
     sparsity_report,
     taylor_importance,
 )
+from fedspine.pruning.fleet_importance import scores_to_tensors
 from fedspine.resources import RunResources
 from fedspine.train import make_optimizer, train_local
 
@@ -58,6 +59,7 @@ class DeviceResult:
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
     scores: ModelScores | None = None  # the device's smoothed importance, kept across rounds
+    scored: bool = False  # whether `scores` were updated this round (then they are uploaded)
 
 
 RANK_TAIL_SHARE = 0.05  # HetLoRA's gamma: the tail share a device may drop
@@ -74,8 +76,9 @@ def sparsity_schedule(start: float, target: float, points: int) -> list[float]:
     return [start + (target - start) * (j + 1) / points for j in range(points)]
 
 
-def _payload(result_factors, head) -> int:
-    return payload_bytes(factors_to_tensors(result_factors)) + payload_bytes(head)
+def _payload(result_factors, head, scores: ModelScores | None = None) -> int:
+    extra = payload_bytes(scores_to_tensors(scores)) if scores is not None else 0
+    return payload_bytes(factors_to_tensors(result_factors)) + payload_bytes(head) + extra
 
 
 def _device_model(
@@ -111,8 +114,13 @@ def run_device_round(
     down_factors: dict[str, LoraFactors],
     down_head: dict[str, torch.Tensor],
     prior_scores: ModelScores | None = None,
+    fleet_prior: ModelScores | None = None,
 ) -> DeviceResult:
-    """Train (and prune) one device for one round and cost it on the simulated clock."""
+    """Train (and prune) one device for one round and cost it on the simulated clock.
+
+    `prior_scores` is the device's own importance EMA from earlier rounds; `fleet_prior`, when
+    the server shares one, the pooled fleet scores the EMA starts from instead.
+    """
     cfg = res.config
     steps = plan.local_steps or cfg.train.local_steps
     data = res.train.subset(res.partitions[device.device_id])
@@ -127,7 +135,7 @@ def run_device_round(
             error=f"training needs {memory / 2**20:.0f} MB, over the device's budget",
         )
     # 2. Local training with scheduled prune steps (or one-shot pruning first).
-    pruner = _Pruner(res, peft_model, kept, plan, steps, data, prior_scores)
+    pruner = _Pruner(res, peft_model, kept, plan, steps, data, prior_scores, fleet_prior)
     if plan.prune_one_shot:
         pruner.one_shot()
     pruner.optimizer = make_optimizer(
@@ -153,6 +161,8 @@ def run_device_round(
     if plan.rank_self_prune:
         rank = self_pruned_rank(factors, RANK_TAIL_SHARE)
         factors = truncate_rank(factors, rank)
+    scored = pruner.lora_taylor is not None and pruner.lora_taylor.scores is not None
+    scores = pruner.lora_taylor.scores if scored else prior_scores
     metrics = _round_metrics(
         res,
         device,
@@ -160,13 +170,18 @@ def run_device_round(
         peft_model,
         pruner,
         stats,
-        _payload(factors, head),
-        _payload(down_factors, down_head),
+        _payload(factors, head, scores if scored else None),
+        _payload(down_factors, down_head, fleet_prior),
     )
     metrics.update({"train_memory_mb": memory / 2**20, "lora_rank": rank})
-    scores = pruner.lora_taylor.scores if pruner.lora_taylor is not None else prior_scores
     return DeviceResult(
-        ok=True, factors=factors, head=head, kept=pruner.kept, scores=scores, metrics=metrics
+        ok=True,
+        factors=factors,
+        head=head,
+        kept=pruner.kept,
+        scores=scores,
+        scored=scored,
+        metrics=metrics,
     )
 
 
@@ -217,6 +232,7 @@ class _Pruner:
         steps: int,
         data,
         prior_scores: ModelScores | None = None,
+        fleet_prior: ModelScores | None = None,
     ) -> None:
         self.res, self.model, self.kept, self.plan, self.data = res, peft_model, kept, plan, data
         cfg = res.config
@@ -229,11 +245,11 @@ class _Pruner:
             zip(points, sparsity_schedule(start, plan.target_sparsity, len(points)), strict=False)
         )
         self.lora_taylor = (
-            LoraTaylorImportance(self.adapter, cfg.pruning.ema_beta)
+            LoraTaylorImportance(self.adapter, cfg.pruning.ema_beta, prior=fleet_prior)
             if self.active and cfg.pruning.importance == "lora-taylor"
             else None
         )
-        if self.lora_taylor is not None and prior_scores is not None:
+        if self.lora_taylor is not None and fleet_prior is None and prior_scores is not None:
             self.lora_taylor.scores = prior_scores  # EMA continues from earlier rounds
         self.flops = 0.0
         self.shape_version = 0  # bumped by every prune step: the FLOP cache key

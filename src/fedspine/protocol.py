@@ -16,6 +16,7 @@ HEAD = "head"  # ArrayRecord: the task head's weights
 PLAN = "plan"  # ConfigRecord: what the server asks of the device this round
 REPORT = "report"  # MetricRecord: what the device reports back
 DEVICE_META = "device"  # ConfigRecord: device identity and kept-index map (JSON)
+IMPORTANCE = "importance"  # ArrayRecord: group scores (down: fleet prior; up: device EMA)
 
 # Keys of PLAN.
 ROUND = "round"

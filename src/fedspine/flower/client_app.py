@@ -17,7 +17,8 @@ from flwr.clientapp import ClientApp
 
 from fedspine import protocol as P
 from fedspine.device_round import DevicePlan, run_device_round
-from fedspine.pruning import KeptIndices, LayerScores, ModelScores
+from fedspine.pruning import KeptIndices, ModelScores
+from fedspine.pruning.fleet_importance import scores_to_tensors, tensors_to_scores
 from fedspine.resources import load_resources
 from fedspine.runner import quiet_logs
 
@@ -45,30 +46,22 @@ def describe(msg: Message, context: Context) -> Message:
 
 
 def _load_scores(context: Context) -> ModelScores | None:
-    """The device's smoothed importance from earlier rounds (node state, not sent anywhere)."""
+    """The device's smoothed importance from earlier rounds (node state)."""
     if SCORES not in context.state:
         return None
-    flat = context.state[SCORES].to_torch_state_dict()
-    layers = len(flat) // 3
-    return tuple(
-        LayerScores(flat[f"{i}.heads"], flat[f"{i}.kv_heads"], flat[f"{i}.channels"])
-        for i in range(layers)
-    )
+    return tensors_to_scores(context.state[SCORES].to_torch_state_dict())
 
 
 def _store_scores(context: Context, scores: ModelScores | None) -> None:
-    if scores is None:
-        return
-    flat = {}
-    for i, layer in enumerate(scores):
-        flat.update(
-            {
-                f"{i}.heads": layer.heads,
-                f"{i}.kv_heads": layer.kv_heads,
-                f"{i}.channels": layer.channels,
-            }
-        )
-    context.state[SCORES] = ArrayRecord(torch_state_dict=flat)
+    if scores is not None:
+        context.state[SCORES] = ArrayRecord(torch_state_dict=scores_to_tensors(scores))
+
+
+def _fleet_prior(msg: Message) -> ModelScores | None:
+    """The server's pooled importance, when it shares one (pruning.share_importance)."""
+    if P.IMPORTANCE not in msg.content:
+        return None
+    return tensors_to_scores(msg.content[P.IMPORTANCE].to_torch_state_dict())
 
 
 @app.train()
@@ -93,7 +86,14 @@ def train(msg: Message, context: Context) -> Message:
     head = msg.content[P.HEAD].to_torch_state_dict()
     # 3. Train and prune locally, costed on the simulated clock.
     result = run_device_round(
-        res, device, plan, kept, factors, head, prior_scores=_load_scores(context)
+        res,
+        device,
+        plan,
+        kept,
+        factors,
+        head,
+        prior_scores=_load_scores(context),
+        fleet_prior=_fleet_prior(msg),
     )
     _store_scores(context, result.scores)
     # 4. Reply: LoRA in the device's own coordinates and rank, its kept map and its report.
@@ -116,4 +116,6 @@ def train(msg: Message, context: Context) -> Message:
             P.DEVICE_META: ConfigRecord(meta),
         }
     )
+    if result.scored and result.scores is not None:  # this round's EMA, for the fleet prior
+        content[P.IMPORTANCE] = ArrayRecord(torch_state_dict=scores_to_tensors(result.scores))
     return Message(content=content, reply_to=msg)

@@ -19,7 +19,13 @@ from fedspine import protocol as P
 from fedspine.evaluation import rows_cols
 from fedspine.global_state import DeviceUpload, GlobalLora, update_norm
 from fedspine.methods.base import DeviceView, Method, Planner
-from fedspine.pruning import KeptIndices
+from fedspine.pruning import KeptIndices, ModelScores
+from fedspine.pruning.fleet_importance import (
+    ScoreReport,
+    pool_scores,
+    scores_to_tensors,
+    tensors_to_scores,
+)
 from fedspine.resources import RunResources
 
 
@@ -60,10 +66,15 @@ class FedspineStrategy(Strategy):
         self.rng = np.random.default_rng(res.config.run.seed + 17)
         self.devices: dict[int, DeviceState] = {}
         self.last_round: list[dict] = []
+        self.fleet_scores: ModelScores | None = None  # pooled importance (share_importance)
+        self.shares_importance = method.prunes and res.config.pruning.share_importance
+        self._score_reports: list[ScoreReport] = []
 
     # -- helpers ----------------------------------------------------------------------------
     def sample(self, round_num: int) -> list[int]:
-        nodes = sorted(self.devices)
+        """Seeded draw over devices in device-id order: Flower's node ids are random per run,
+        so ordering by them would give every method of a compare different participants."""
+        nodes = sorted(self.devices, key=lambda n: self.devices[n].device_id)
         count = min(self.clients_per_round, len(nodes))
         picks = self.rng.choice(len(nodes), size=count, replace=False)  # node ids exceed float53
         return sorted(nodes[i] for i in picks)
@@ -94,6 +105,10 @@ class FedspineStrategy(Strategy):
                 P.HEAD: ArrayRecord(torch_state_dict=self.global_lora.head),
             }
         )
+        if self.shares_importance and self.fleet_scores is not None:
+            content[P.IMPORTANCE] = ArrayRecord(
+                torch_state_dict=scores_to_tensors(self.fleet_scores)
+            )
         return Message(content=content, message_type="train", dst_node_id=node_id)
 
     # -- Flower Strategy interface ------------------------------------------------------------
@@ -119,6 +134,11 @@ class FedspineStrategy(Strategy):
             if reward:
                 outcome["reward"] = reward
         self.global_lora.aggregate(uploads)
+        if self.shares_importance:
+            self.fleet_scores = pool_scores(
+                self.fleet_scores, self._score_reports, self.res.config.pruning.fleet_momentum
+            )
+        self._score_reports = []
         self.last_round = outcomes
         return None, MetricRecord({"participants": float(len(outcomes))})
 
@@ -152,6 +172,10 @@ class FedspineStrategy(Strategy):
         state.rounds_seen += 1
         if not ok:
             return outcome, None
+        if P.IMPORTANCE in reply.content:  # scored on the structures it had at round start
+            scores = tensors_to_scores(reply.content[P.IMPORTANCE].to_torch_state_dict())
+            weight = float(report[P.NUM_EXAMPLES])
+            self._score_reports.append(ScoreReport(scores, state.kept, weight))
         state.kept = KeptIndices.from_dict(json.loads(str(meta[P.KEPT_JSON])))
         state.sparsity = float(report[P.SPARSITY])
         state.last_rank = int(report[P.USED_RANK])

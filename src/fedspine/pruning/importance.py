@@ -23,7 +23,7 @@ from torch import nn
 from fedspine.errors import ModelError
 from fedspine.models.families import FamilyAdapter
 from fedspine.pruning.groups import role_axes, structure_full_size, structure_index
-from fedspine.pruning.kept import KeptIndices
+from fedspine.pruning.kept import KeptIndices, kept_masks
 
 ElementImportance = Callable[[nn.Module], torch.Tensor]  # projection -> (out, in), >= 0
 
@@ -39,6 +39,7 @@ class LayerScores:
 
 
 ModelScores = tuple[LayerScores, ...]
+KINDS = ("heads", "kv_heads", "channels")  # the fields of LayerScores
 
 
 def merged_weight(module: nn.Module) -> torch.Tensor:
@@ -130,19 +131,26 @@ class LoraTaylorImportance:
     """LoRA-gradient Taylor scores smoothed by an EMA across `update()` calls.
 
     Call `update(model, kept)` after each local `loss.backward()` (before zero_grad); it needs
-    no gradient of the frozen base. The first call initialises the average.
+    no gradient of the frozen base. The first call initialises the average, from `prior` when
+    one is given (e.g. the fleet-wide scores, see `fleet_importance`): the prior is rescaled to
+    the first call's magnitude and the EMA continues from it, so local evidence refines it.
     """
 
-    def __init__(self, adapter: FamilyAdapter, beta: float = 0.9) -> None:
+    def __init__(
+        self, adapter: FamilyAdapter, beta: float = 0.9, prior: ModelScores | None = None
+    ) -> None:
         if not 0.0 <= beta < 1.0:
             raise ModelError(f"EMA beta must be in [0, 1), got {beta}")
         self.adapter = adapter
         self.beta = beta
+        self.prior = prior
         self.scores: ModelScores | None = None
         self.num_updates = 0
 
     def update(self, model: nn.Module, kept: KeptIndices) -> ModelScores:
         current = group_scores(model, self.adapter, kept, _lora_taylor_element)
+        if self.scores is None and self.prior is not None:
+            self.scores = rescale_prior(self.prior, current, kept)
         self.scores = current if self.scores is None else _ema(self.scores, current, self.beta)
         self.num_updates += 1
         return self.scores
@@ -157,6 +165,27 @@ def _ema(previous: ModelScores, current: ModelScores, beta: float) -> ModelScore
         )
         for old, new in zip(previous, current, strict=True)
     )
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    total = float(mask.sum())
+    return float((values * mask).sum()) / total if total > 0 else 0.0
+
+
+def rescale_prior(prior: ModelScores, reference: ModelScores, kept: KeptIndices) -> ModelScores:
+    """The prior's shape at the reference's scale: per layer and kind, the prior times the ratio
+    of the reference's mean to the prior's mean over the kept structures. Used to start a
+    device's EMA, whose later updates are raw gradient-based scores."""
+    out = []
+    for p, r, masks in zip(prior, reference, kept_masks(kept), strict=True):
+        parts = {}
+        for kind in KINDS:
+            p_vals, r_vals = getattr(p, kind).float(), getattr(r, kind).float()
+            p_mean = masked_mean(p_vals, masks[kind])
+            scale = masked_mean(r_vals, masks[kind]) / p_mean if p_mean > 0 else 0.0
+            parts[kind] = p_vals * scale
+        out.append(LayerScores(**parts))
+    return tuple(out)
 
 
 def taylor_importance(

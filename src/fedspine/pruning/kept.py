@@ -158,3 +158,19 @@ def _validate_layer(idx: int, layer: LayerKept, dims: FullDims) -> None:
             f"layer {idx}: every kept kv head must keep the same number of query heads "
             f"(got {per_group}); stock attention maps query heads to kv heads uniformly"
         )
+
+
+def kept_masks(kept: KeptIndices) -> tuple[dict[str, torch.Tensor], ...]:
+    """Per layer, a 0/1 mask per kind: which structures the device still had (and scored)."""
+    dims = kept.dims
+    sizes = {"heads": dims.num_heads, "kv_heads": dims.num_kv_heads}
+    sizes["channels"] = dims.intermediate_size
+    masks = []
+    for layer in kept.layers:
+        layer_masks = {}
+        for kind in ("heads", "kv_heads", "channels"):
+            mask = torch.zeros(sizes[kind])
+            mask[list(getattr(layer, kind))] = 1.0
+            layer_masks[kind] = mask
+        masks.append(layer_masks)
+    return tuple(masks)
