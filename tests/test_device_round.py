@@ -1,6 +1,7 @@
 """One device's round on the real MiniLM and spam data: pruning schedule, costing, up-link."""
 
 import pytest
+import torch
 
 from fedspine.config import load_config
 from fedspine.device_round import DevicePlan, prune_points, run_device_round, sparsity_schedule
@@ -56,3 +57,36 @@ def test_one_shot_and_rank_self_pruning(res):
     assert result.metrics["sparsity"] == pytest.approx(0.5, abs=0.02)
     assert 1 <= result.metrics["lora_rank"] <= 8
     assert all(f.A.shape[0] == result.metrics["lora_rank"] for f in result.factors.values())
+
+
+def test_fleet_prior_steers_the_devices_pruning_and_is_costed(res):
+    """A device starting from a fleet prior keeps what the prior ranks high (a few local steps
+    refine it, they do not overturn it), and the prior and its own scores travel as bytes."""
+    from fedspine.protocol import payload_bytes
+    from fedspine.pruning import LayerScores
+    from fedspine.pruning.fleet_importance import scores_to_tensors
+
+    dims = full_kept(res).dims
+    channels = [100.0 if c % 2 == 0 else 0.01 for c in range(dims.intermediate_size)]
+    heads = [float(dims.num_heads - h) for h in range(dims.num_heads)]  # head 0 first
+    layer = LayerScores(
+        heads=torch.tensor(heads),
+        kv_heads=torch.tensor(heads),
+        channels=torch.tensor(channels),
+    )
+    prior = (layer,) * dims.num_layers
+    plan = DevicePlan(round_num=2, lora_rank=4, target_sparsity=0.5, local_steps=6)
+    steered = run_device_round(res, res.fleet[2], plan, full_kept(res), {}, {}, fleet_prior=prior)
+    local = run_device_round(res, res.fleet[2], plan, full_kept(res), {}, {})
+
+    def favoured_share(result) -> float:
+        kept = [c for layer in result.kept.layers for c in layer.channels]
+        return sum(c % 2 == 0 for c in kept) / len(kept)
+
+    assert favoured_share(steered) >= 0.75  # measured ~0.83: mostly the prior's choice
+    assert favoured_share(local) <= 0.65  # ~0.5 without it
+    top_heads = set(range(dims.num_heads // 2))
+    assert sum(len(top_heads & set(k.heads)) for k in steered.kept.layers) >= 0.75 * 6 * 6
+    assert steered.scored and local.scored
+    prior_bytes = payload_bytes(scores_to_tensors(prior))
+    assert steered.metrics["bytes_down"] == local.metrics["bytes_down"] + prior_bytes
