@@ -29,6 +29,9 @@ def test_pruning_round_reaches_target_and_uplinks_in_kept_coordinates(res):
     assert result.ok and result.metrics["sparsity"] == pytest.approx(0.5, abs=0.02)
     assert result.metrics["time_s"] > 0 and result.metrics["bytes_up"] > 0
     assert result.scores is not None  # the importance EMA the node keeps for later rounds
+    # aggregation weight = local dataset size (FedAvg's n_k), not the examples processed
+    assert result.metrics["num_examples"] == len(res.partitions[device.device_id])
+    assert result.metrics["examples_processed"] == 6 * res.config.train.batch_size
     per_module = module_kept_indices(res.base.adapter, result.kept)
     for name, (rows, cols) in per_module.items():
         factors = result.factors[name]

@@ -204,7 +204,8 @@ def _round_metrics(
     compute_flops = pruner.flops + probe_flops
     report = sparsity_report(pruner.kept, res.base.model.config)
     return {
-        "num_examples": stats.examples,
+        "num_examples": len(pruner.data),  # local dataset size: FedAvg's aggregation weight
+        "examples_processed": stats.examples,
         "loss_before": stats.loss_before,
         "loss_after": stats.loss_after,
         "time_s": round_time_s(compute_flops, bytes_up, bytes_down, cond, device.latency_s),

@@ -31,7 +31,7 @@ KEPT_JSON = "kept_json"  # the device's kept-index map, "" = unpruned
 
 # Keys of REPORT.
 OK = "ok"
-NUM_EXAMPLES = "num_examples"
+NUM_EXAMPLES = "num_examples"  # the device's local dataset size (its aggregation weight)
 LOSS_BEFORE = "loss_before"
 LOSS_AFTER = "loss_after"
 TIME_S = "time_s"

@@ -4,6 +4,8 @@ The paper's part: a bandit per device over (pruning ratio, rank) rewarded by los
 pruning progress, update importance and relative completion time. Our choices (method.md
 steps 8-9): the reward's normalisation and weights (config [bandit]), and in `shared` mode
 devices grouped by observed effective speed share trees (`fedspine.bandit.BanditPool`).
+Beyond the paper, every pruning method's devices also start their importance EMA from the
+fleet-wide pooled scores (`fedspine.pruning.fleet_importance`, `pruning.share_importance`).
 """
 
 from __future__ import annotations
