@@ -16,12 +16,11 @@ of the LoRA update and the completion time relative to the round's other devices
   straggler at 2x the median must cost more than one at 1.1x, but one pathological round (a
   network stall) should not swamp a cell's mean, hence the cap (default 3).
 
-Default weights: the loss gain is the accuracy signal and the only term that says the round
-was useful, so it leads (1.0). Pruning progress is needed to reach the target but closing
-the whole gap in one round must not outweigh a round that kept the loss falling, hence 0.3;
-reaching sparsity sooner is also rewarded indirectly by shorter rounds. The time term (0.3) is
-the straggler cost of synchronous rounds: a device at the median pays 0.3, one at 2x pays 0.6.
-update_importance (0.2) is a weak proxy of how much the device contributed to the global model.
+Weights are config values (`[bandit]` in `fedspine.config`, the one home of their defaults,
+recorded in every run's config.toml). The defaults weigh loss gain and pruning progress alike
+(1.0 each: the device must both learn and reach the target), the straggler term 1.0 (a device
+at the median pays 1.0, one at 2x pays 2.0) and the update norm, a weak proxy of how much the
+device contributed to the global model, 0.5.
 
 A failed device (out of memory, crash, timeout) gets ``failed_reward``: no gains, the capped
 time ratio (the server waited for nothing) and ``failure_penalty`` on top, so (with a penalty > 0) a
@@ -33,17 +32,20 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from fedspine.config import BanditSection
 from fedspine.errors import ConfigError
+
+_DEFAULTS = BanditSection()
 
 
 @dataclass(frozen=True)
 class RewardWeights:
     """Weights of the reward terms and its two caps; record them with every run."""
 
-    w_loss: float = 1.0
-    w_prune: float = 0.3
-    w_imp: float = 0.2
-    w_time: float = 0.3
+    w_loss: float = _DEFAULTS.w_loss
+    w_prune: float = _DEFAULTS.w_prune
+    w_imp: float = _DEFAULTS.w_imp
+    w_time: float = _DEFAULTS.w_time
     max_time_ratio: float = 3.0
     failure_penalty: float = 0.5
 
