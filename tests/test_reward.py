@@ -115,3 +115,14 @@ def test_weights_validate_and_serialise():
     custom = RewardWeights(w_time=0.0)
     assert reward().total < compute_reward(**BASE, weights=custom).total
     assert RewardWeights(**RewardWeights().to_dict()) == RewardWeights()
+
+
+def test_time_slack_charges_only_the_time_above_the_median():
+    slack = RewardWeights(time_slack=1.0)
+    fast = compute_reward(**{**BASE, "time_s": 4.0}, weights=slack)
+    median = compute_reward(**BASE, weights=slack)
+    slow = compute_reward(**{**BASE, "time_s": 20.0}, weights=slack)
+    assert fast.total == pytest.approx(median.total)  # neither can be the straggler
+    assert fast.time_ratio == pytest.approx(0.4)  # the logged ratio is unchanged
+    assert slow.total == pytest.approx(median.total - slack.w_time * 1.0)
+    assert failed_reward(slack).total < slow.total

@@ -110,6 +110,7 @@ class BanditSection:
     w_prune: float = 1.0  # reward weight of the share of the sparsity gap closed
     w_imp: float = 0.5  # reward weight of the LoRA update's norm (relative to the round's max)
     w_time: float = 1.0  # penalty weight of completion time / round median
+    time_slack: float = 0.0  # charge only time/median above this (1 = only the slower half pays)
 
 
 @dataclass(frozen=True)
@@ -293,6 +294,7 @@ def validate(config: Config) -> None:
     _check(0.0 <= prune.ema_beta < 1.0, "pruning.ema_beta must be in [0, 1)")
     _check(0.0 <= prune.fleet_momentum < 1.0, "pruning.fleet_momentum must be in [0, 1)")
     _check(bandit.mode in ("shared", "per-device"), "bandit.mode must be shared or per-device")
+    _check(bandit.time_slack >= 0.0, "bandit.time_slack must be >= 0")
     _check(
         1 <= bandit.rank_min <= bandit.rank_max,
         "bandit.rank_min must be >= 1 and <= bandit.rank_max",

@@ -4,7 +4,7 @@ The paper says only that the reward combines loss improvement, pruning progress,
 of the LoRA update and the completion time relative to the round's other devices. We use
 
     R = w_loss * loss_gain + w_prune * prune_progress + w_imp * update_importance
-        - w_time * time_ratio
+        - w_time * max(0, time_ratio - time_slack)
 
 * loss_gain = (loss_before - loss_after) / loss_before clipped to [0, 1]; loss_before is the
   device's loss at the start of the round (global LoRA, before local training and pruning),
@@ -15,6 +15,9 @@ of the LoRA update and the completion time relative to the round's other devices
 * time_ratio = time_i / median round time, clipped to [0, max_time_ratio] (not to 1): a
   straggler at 2x the median must cost more than one at 1.1x, but one pathological round (a
   network stall) should not swamp a cell's mean, hence the cap (default 3).
+* time_slack: with 0 every device pays for its time; with 1 only the part above the round's
+  median is charged, so devices that cannot be the straggler are free to take a higher rank
+  (a synchronous round lasts as long as its slowest device, not its median one).
 
 Weights are config values (`[bandit]` in `fedspine.config`, the one home of their defaults,
 recorded in every run's config.toml). The defaults weigh loss gain and pruning progress alike
@@ -46,6 +49,7 @@ class RewardWeights:
     w_prune: float = _DEFAULTS.w_prune
     w_imp: float = _DEFAULTS.w_imp
     w_time: float = _DEFAULTS.w_time
+    time_slack: float = _DEFAULTS.time_slack
     max_time_ratio: float = 3.0
     failure_penalty: float = 0.5
 
@@ -117,7 +121,7 @@ def compute_reward(
         weights.w_loss * loss_gain
         + weights.w_prune * prune_progress
         + weights.w_imp * importance
-        - weights.w_time * time_ratio
+        - weights.w_time * max(0.0, time_ratio - weights.time_slack)
     )
     return RewardParts(loss_gain, prune_progress, importance, time_ratio, total)
 
@@ -125,5 +129,5 @@ def compute_reward(
 def failed_reward(weights: RewardWeights) -> RewardParts:
     """Reward of a device that failed its round (OOM, crash, timeout): below any success."""
     time_ratio = weights.max_time_ratio
-    total = -weights.w_time * time_ratio - weights.failure_penalty
+    total = -weights.w_time * max(0.0, time_ratio - weights.time_slack) - weights.failure_penalty
     return RewardParts(0.0, 0.0, 0.0, time_ratio, total, failed=True)

@@ -26,7 +26,11 @@ class BanditPlanner:
         bandit = config.bandit
         self.final_sparsity = config.pruning.target_sparsity
         self.weights = RewardWeights(
-            w_loss=bandit.w_loss, w_prune=bandit.w_prune, w_imp=bandit.w_imp, w_time=bandit.w_time
+            w_loss=bandit.w_loss,
+            w_prune=bandit.w_prune,
+            w_imp=bandit.w_imp,
+            w_time=bandit.w_time,
+            time_slack=bandit.time_slack,
         )
         self.pool = BanditPool(
             mode,
