@@ -208,3 +208,68 @@ def test_shape_errors_are_reported():
         aggregate_masked_svd([bad], {"q": SHAPES["q"]}, max_rank=4)
     with pytest.raises(ValueError, match="no full shape"):
         aggregate_masked_svd([unpruned_update(2, 0, 1)], {"q": SHAPES["q"]}, max_rank=4)
+
+
+def _random_global(rank, seed):
+    return {n: random_factors(rank, o, i, seed + k) for k, (n, (o, i)) in enumerate(SHAPES.items())}
+
+
+def _low_rank_round(global_factors, rank, progress_seed, scaling=2.0, rows=None, cols=None):
+    """A device receives the global at `rank` on its kept coordinates and adds some progress."""
+    rows = rows or {}
+    cols = cols or {}
+    received = restrict_and_truncate(global_factors, rows, cols, rank, scaling)
+    trained = {}
+    for k, (name, f) in enumerate(received.items()):
+        step = random_factors(rank, f.B.shape[0], f.A.shape[1], progress_seed + k)
+        trained[name] = LoraFactors(A=f.A + 0.1 * step.A, B=f.B + 0.1 * step.B)
+    update = DeviceLoraUpdate(
+        trained, scaling, rows, cols, 10, received=received, received_rows=rows, received_cols=cols
+    )
+    return received, update
+
+
+def test_residual_aggregation_keeps_what_the_low_rank_down_link_left_out():
+    global_factors = {
+        n: random_factors(6, o, i, 40 + k) for k, (n, (o, i)) in enumerate(SHAPES.items())
+    }
+    received, update = _low_rank_round(global_factors, rank=2, progress_seed=7)
+    plain = aggregate_masked_svd([update], SHAPES, 12, previous=global_factors)
+    kept = aggregate_masked_svd([update], SHAPES, 12, previous=global_factors, keep_residual=True)
+    for name in SHAPES:
+        progress = update.factors[name].delta(2.0) - received[name].delta(2.0)
+        expected = global_factors[name].delta() + progress  # the global moved by what was learned
+        torch.testing.assert_close(kept[name].delta(), expected, rtol=1e-9, atol=1e-9)
+        # the plain mean replaces the global by the device's rank-2 state: the residual is lost
+        lost = global_factors[name].delta() - received[name].delta(2.0)
+        torch.testing.assert_close(plain[name].delta(), expected - lost, rtol=1e-9, atol=1e-9)
+        assert lost.norm() > 0.1 * global_factors[name].delta().norm()
+
+
+def test_residual_aggregation_equals_plain_when_the_down_link_is_exact():
+    global_factors = {
+        n: random_factors(3, o, i, 60 + k) for k, (n, (o, i)) in enumerate(SHAPES.items())
+    }
+    _, first = _low_rank_round(global_factors, rank=3, progress_seed=1)
+    _, second = _low_rank_round(global_factors, rank=4, progress_seed=2)
+    plain = aggregate_masked_svd([first, second], SHAPES, 12, previous=global_factors)
+    kept = aggregate_masked_svd(
+        [first, second], SHAPES, 12, previous=global_factors, keep_residual=True
+    )
+    for name in SHAPES:
+        torch.testing.assert_close(kept[name].delta(), plain[name].delta(), rtol=1e-9, atol=1e-9)
+
+
+def test_residual_aggregation_on_pruned_coordinates_touches_only_what_the_device_kept():
+    global_factors = {
+        n: random_factors(6, o, i, 80 + k) for k, (n, (o, i)) in enumerate(SHAPES.items())
+    }
+    rows = {"q": torch.tensor([0, 2, 5, 7, 11])}
+    cols = {"down": torch.tensor([1, 3, 4, 8, 9, 12, 15])}
+    received, update = _low_rank_round(global_factors, 2, 3, rows=rows, cols=cols)
+    kept = aggregate_masked_svd([update], SHAPES, 12, previous=global_factors, keep_residual=True)
+    for name in SHAPES:
+        delta, mask = to_full_delta(update, name, SHAPES[name])
+        sent, _ = to_full_delta(DeviceLoraUpdate(received, 2.0, rows, cols, 0), name, SHAPES[name])
+        expected = global_factors[name].delta() + mask * (delta - sent)
+        torch.testing.assert_close(kept[name].delta(), expected, rtol=1e-9, atol=1e-9)

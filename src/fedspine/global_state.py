@@ -36,6 +36,9 @@ class DeviceUpload:
     cols: dict[str, torch.Tensor | None]
     head: dict[str, torch.Tensor]
     num_examples: int
+    received: dict[str, LoraFactors] | None = None  # the down-link's factors, at round start
+    received_rows: dict[str, torch.Tensor | None] | None = None
+    received_cols: dict[str, torch.Tensor | None] | None = None
 
 
 @dataclass
@@ -44,7 +47,7 @@ class GlobalLora:
     head: dict[str, torch.Tensor]
     scaling: float
     max_rank: int
-    aggregation: str  # "fedavg" | "zero-pad" | "masked-svd"
+    aggregation: str  # "fedavg" | "zero-pad" | "masked-svd" | "masked-svd-residual"
 
     @property
     def alpha_per_rank(self) -> float:
@@ -56,7 +59,7 @@ class GlobalLora:
 
     def downlink(self, rows: dict, cols: dict, rank: int) -> dict[str, LoraFactors]:
         """The global LoRA restricted to a device's kept coordinates, at the device's rank."""
-        if self.aggregation == "masked-svd":
+        if self.aggregation.startswith("masked-svd"):
             return restrict_and_truncate(
                 _scale(self.factors, self.scaling), rows, cols, rank, self.scaling
             )
@@ -85,6 +88,7 @@ class GlobalLora:
             self.full_shapes(),
             self.max_rank,
             previous=_scale(self.factors, self.scaling),
+            keep_residual=self.aggregation == "masked-svd-residual",
         )
         self.factors = _scale(merged, 1.0 / self.scaling)
 
@@ -116,6 +120,9 @@ def _as_update(upload: DeviceUpload, scaling: float) -> DeviceLoraUpdate:
         rows=upload.rows,
         cols=upload.cols,
         num_examples=upload.num_examples,
+        received=upload.received,
+        received_rows=upload.received_rows,
+        received_cols=upload.received_cols,
     )
 
 

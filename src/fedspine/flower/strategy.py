@@ -69,6 +69,7 @@ class FedspineStrategy(Strategy):
         self.fleet_scores: ModelScores | None = None  # pooled importance (share_importance)
         self.shares_importance = method.prunes and res.config.pruning.share_importance
         self._score_reports: list[ScoreReport] = []
+        self._sent: dict[int, tuple[dict, dict, dict]] = {}  # node -> (factors, rows, cols)
 
     # -- helpers ----------------------------------------------------------------------------
     def sample(self, round_num: int) -> list[int]:
@@ -86,6 +87,7 @@ class FedspineStrategy(Strategy):
         assignment = self.planner.assign(round_num, state.view(), final_round)
         rows, cols = rows_cols(self.res.base, state.kept)
         factors = self.global_lora.downlink(rows, cols, assignment.lora_rank)
+        self._sent[node_id] = (factors, rows, cols)  # masked-svd-residual reads it back
         plan = ConfigRecord(
             {
                 P.ROUND: round_num,
@@ -181,12 +183,16 @@ class FedspineStrategy(Strategy):
         state.last_rank = int(report[P.USED_RANK])
         rows, cols = rows_cols(self.res.base, state.kept)
         factors = P.tensors_to_factors(reply.content[P.LORA].to_torch_state_dict())
+        sent, sent_rows, sent_cols = self._sent.pop(state.node_id, (None, None, None))
         upload = DeviceUpload(
             factors,
             rows,
             cols,
             reply.content[P.HEAD].to_torch_state_dict(),
             int(report[P.NUM_EXAMPLES]),
+            received=sent,
+            received_rows=sent_rows,
+            received_cols=sent_cols,
         )
         outcome["update_norm"] = update_norm(self.global_lora, upload)
         return outcome, upload

@@ -13,6 +13,10 @@ Aggregators (``AGGREGATORS``, all called as ``f(updates, full_shapes, max_rank, 
   devices is not diluted toward zero; a coordinate no participant kept keeps its value in
   ``previous`` (the last global state; zero without one). Re-factorise to ``max_rank`` by
   truncated SVD. With no pruning this is FlexLoRA's aggregation.
+* ``masked-svd-residual`` [our choice, FedSpine's default]: the same, but a device's delta
+  counts as the previous global plus its progress (delta minus the rank-r_i copy it received),
+  so what the down-link's truncation left out is not lost when low-rank devices report back.
+  With every device at the global rank the two are identical.
 * ``zero-pad`` (HetLoRA): zero-pad A and B to ``max_rank`` and full width, average A and B
   separately. Scaling is folded in symmetrically (sqrt(s_i) into each factor) so ranks with
   different alpha / r are comparable; with equal scalings this is exactly FedIT's average.
@@ -75,6 +79,11 @@ class DeviceLoraUpdate:
     rows: dict[str, Tensor | None]  # kept output rows in full coordinates; missing/None = all
     cols: dict[str, Tensor | None]  # kept input cols in full coordinates; missing/None = all
     num_examples: int
+    # What the down-link sent this round (same scaling), at the round-start kept coordinates;
+    # only `masked-svd-residual` reads it.
+    received: dict[str, LoraFactors] | None = None
+    received_rows: dict[str, Tensor | None] | None = None
+    received_cols: dict[str, Tensor | None] | None = None
 
 
 def _compute_dtype(tensor: Tensor) -> torch.dtype:
@@ -163,16 +172,41 @@ def _previous_delta(previous: Mapping[str, LoraFactors] | None, name: str, shape
     return torch.zeros(shape)
 
 
+def _truncation_residual(update: DeviceLoraUpdate, name: str, previous: Tensor) -> Tensor:
+    """previous - (what the device received), at full width: what the rank-r_i down-link left
+    out (zero where the device received the global exactly, or nothing)."""
+    if update.received is None or name not in update.received:
+        return torch.zeros_like(previous)
+    sent = DeviceLoraUpdate(
+        update.received, update.scaling, update.received_rows or {}, update.received_cols or {}, 0
+    )
+    sent_delta, sent_mask = to_full_delta(sent, name, tuple(previous.shape))
+    return (previous - sent_delta.to(previous.dtype)) * sent_mask
+
+
 def _masked_mean(
-    updates: list[DeviceLoraUpdate], weights: list[float], name: str, fallback: Tensor
+    updates: list[DeviceLoraUpdate],
+    weights: list[float],
+    name: str,
+    fallback: Tensor,
+    keep_residual: bool = False,
 ) -> Tensor:
-    """Example-weighted mean of each coordinate over the devices that kept it, else fallback."""
+    """Example-weighted mean of each coordinate over the devices that kept it, else fallback.
+
+    With `keep_residual`, each device's delta counts as the previous global plus the device's
+    progress (its delta minus what it received) on the coordinates it kept: a device that
+    trained at a low rank then moves the global by what it learned, instead of replacing the
+    global's higher-rank components with its truncated copy of them.
+    """
     total = torch.zeros_like(fallback)
     cover = torch.zeros_like(fallback)
     for update, weight in zip(updates, weights, strict=True):
         if name in update.factors:
             delta, mask = to_full_delta(update, name, tuple(fallback.shape))
-            total += weight * delta.to(total.dtype)
+            delta = delta.to(total.dtype)
+            if keep_residual:
+                delta = delta + mask * _truncation_residual(update, name, fallback)
+            total += weight * delta
             cover += weight * mask
     return torch.where(cover > 0, total / cover.clamp_min(1e-30), fallback)
 
@@ -182,10 +216,12 @@ def aggregate_masked_svd(
     full_shapes: Mapping[str, Shape],
     max_rank: int,
     previous: Mapping[str, LoraFactors] | None = None,
+    keep_residual: bool = False,
 ) -> dict[str, LoraFactors]:
     """Per-coordinate example-weighted mean over the devices that kept it, re-factorised.
 
     Returned factors have scaling 1 and rank ``max_rank`` (zero components pad a lower rank).
+    `keep_residual`: see `_masked_mean` (the ``masked-svd-residual`` aggregator).
     """
     _check_names(updates, full_shapes)
     weights = _example_weights(updates)
@@ -194,7 +230,8 @@ def aggregate_masked_svd(
         dtypes = [_compute_dtype(u.factors[name].A) for u in updates if name in u.factors]
         dtype = torch.float64 if torch.float64 in dtypes else torch.float32
         fallback = _previous_delta(previous, name, shape).to(dtype)
-        result[name] = _factorise(_masked_mean(updates, weights, name, fallback), max_rank)
+        mean = _masked_mean(updates, weights, name, fallback, keep_residual)
+        result[name] = _factorise(mean, max_rank)
     return result
 
 

@@ -45,7 +45,7 @@ class Planner(Protocol):
 @dataclass(frozen=True)
 class Method:
     name: str
-    aggregation: str  # "fedavg" | "zero-pad" | "masked-svd"
+    aggregation: str  # "fedavg" | "zero-pad" | "masked-svd" | "masked-svd-residual"
     prunes: bool  # whether devices end pruned (a final round brings laggards to target)
     description: str
 

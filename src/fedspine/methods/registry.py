@@ -17,7 +17,7 @@ METHODS: dict[str, Method] = {
     for m in (
         Method(
             "fedspine",
-            "masked-svd",
+            "masked-svd-residual",
             True,
             "iterative on-device prune-and-tune; S-UCB picks each device's (sparsity, rank)",
         ),
@@ -43,14 +43,16 @@ METHODS: dict[str, Method] = {
         ),
         Method(
             "fedspine-fixed",
-            "masked-svd",
+            "masked-svd-residual",
             True,
             "FedSpine's prune-and-tune with one fixed schedule and rank (no bandit)",
         ),
-        Method("fedspine-random", "masked-svd", True, "FedSpine with random arms (no bandit)"),
+        Method(
+            "fedspine-random", "masked-svd-residual", True, "FedSpine with random arms (no bandit)"
+        ),
         Method(
             "fedspine-perdevice",
-            "masked-svd",
+            "masked-svd-residual",
             True,
             "FedSpine with one S-UCB tree per device and no sharing (the paper's mode)",
         ),
