@@ -19,3 +19,24 @@ def test_participation_floor_closes_the_gap_by_the_last_expected_participation()
 def test_ramp_reaches_target_by_mid_run_and_is_monotone():
     values = [ramp_sparsity(t, 16, 0.5) for t in range(1, 17)]
     assert values == sorted(values) and values[7] == 0.5 and values[0] > 0
+
+
+def test_warmup_cap_rises_to_the_target_and_bounds_every_random_arm():
+    from fedspine.methods.base import DeviceView
+    from fedspine.methods.planners import RandomPlanner, capped_floor, warmup_cap
+
+    assert warmup_cap(1, 12, 0.5, 0.0) == 0.5  # no warm-up: no cap
+    caps = [warmup_cap(t, 12, 0.5, 0.5) for t in range(1, 13)]
+    assert caps == sorted(caps) and caps[0] == pytest.approx(0.5 / 6) and caps[5:] == [0.5] * 7
+    # the cap never asks a device to un-prune; the floor never exceeds the cap
+    assert capped_floor(sparsity=0.3, floor=0.4, cap=0.1) == (0.3, 0.3)
+    assert capped_floor(sparsity=0.0, floor=0.2, cap=0.1) == (0.1, 0.1)
+    planner = RandomPlanner(0.5, 2, 8, seed=0, rounds=12, participation_rate=0.1, warmup_share=0.5)
+    for round_num in range(1, 13):
+        for sparsity in (0.0, 0.1, 0.3):
+            view = DeviceView(0, sparsity, 1, 4, "tx2")
+            target = planner.assign(round_num, view, final_round=False).target_sparsity
+            assert sparsity - 1e-9 <= target <= max(caps[round_num - 1], sparsity) + 1e-9
+    assert (
+        planner.assign(3, DeviceView(0, 0.0, 0, 0, "tx2"), final_round=True).target_sparsity == 0.5
+    )

@@ -95,6 +95,7 @@ class PruningSection:
     ema_beta: float = 0.9  # smoothing of importance over local iterations
     selection: str = "uniform"  # uniform (same share per layer) | global (ranked across layers)
     final_recovery_steps: int = 6  # steps of the final round (scoring, prune at half, recovery)
+    warmup_share: float = 0.0  # share of rounds over which a bandit arm's sparsity cap rises
     share_importance: bool = True  # devices pool their scores; each starts from the fleet prior
     fleet_momentum: float = 0.5  # share of the old fleet prior kept when a round's scores arrive
 
@@ -293,6 +294,7 @@ def validate(config: Config) -> None:
     _check(prune.selection in ("uniform", "global"), "pruning.selection must be uniform or global")
     _check(0.0 <= prune.ema_beta < 1.0, "pruning.ema_beta must be in [0, 1)")
     _check(0.0 <= prune.fleet_momentum < 1.0, "pruning.fleet_momentum must be in [0, 1)")
+    _check(0.0 <= prune.warmup_share <= 1.0, "pruning.warmup_share must be in [0, 1]")
     _check(bandit.mode in ("shared", "per-device"), "bandit.mode must be shared or per-device")
     _check(bandit.time_slack >= 0.0, "bandit.time_slack must be >= 0")
     _check(

@@ -16,7 +16,7 @@ from fedspine.bandit.reward import RewardWeights, compute_reward, failed_reward
 from fedspine.bandit.sucb import Arm, BanditPool
 from fedspine.config import Config
 from fedspine.methods.base import Assignment, DeviceView
-from fedspine.methods.planners import participation_floor
+from fedspine.methods.planners import capped_floor, participation_floor, warmup_cap
 
 
 class BanditPlanner:
@@ -41,13 +41,16 @@ class BanditPlanner:
         )
         self.pending: dict[int, tuple[Arm, float]] = {}  # node -> (arm, sparsity before)
         self.rounds = config.run.rounds
+        self.warmup_share = config.pruning.warmup_share
         self.participation_rate = min(1.0, config.run.clients_per_round / num_devices)
 
     def assign(self, round_num: int, device: DeviceView, final_round: bool) -> Assignment:
         floor = participation_floor(
             device.sparsity, self.final_sparsity, round_num, self.rounds, self.participation_rate
         )
-        arm = self.pool.propose(device.node_id, p_floor=floor, p_cap=self.final_sparsity)
+        cap = warmup_cap(round_num, self.rounds, self.final_sparsity, self.warmup_share)
+        floor, cap = capped_floor(device.sparsity, floor, cap)
+        arm = self.pool.propose(device.node_id, p_floor=floor, p_cap=cap)
         target = self.final_sparsity if final_round else max(arm.prune_ratio, floor)
         self.pending[device.node_id] = (arm, device.sparsity)
         return Assignment(arm.lora_rank, min(target, self.final_sparsity))

@@ -22,6 +22,26 @@ def participation_floor(
     return sparsity + (final - sparsity) / expected
 
 
+def warmup_cap(round_num: int, rounds: int, final: float, warmup_share: float) -> float:
+    """Most sparsity any device may reach by this round [our choice]: rises linearly to `final`
+    over the first `warmup_share` of the run (0 = no cap).
+
+    Pruning is irreversible, and a structure removed in round 1 was chosen from a few local
+    steps and an immature fleet-wide importance estimate; capping early rounds defers most
+    removals until the pooled scores have settled.
+    """
+    warmup_rounds = warmup_share * rounds
+    if warmup_rounds <= 0:
+        return final
+    return final * min(1.0, round_num / warmup_rounds)
+
+
+def capped_floor(sparsity: float, floor: float, cap: float) -> tuple[float, float]:
+    """(floor, cap) with the cap never below what the device already reached."""
+    cap = max(cap, sparsity)
+    return min(floor, cap), cap
+
+
 def ramp_sparsity(round_num: int, rounds: int, final: float) -> float:
     """Fixed iterative schedule: reach the final sparsity linearly by the middle of the run."""
     ramp_rounds = max(1, rounds // 2)
@@ -91,6 +111,7 @@ class RandomPlanner:
     seed: int
     rounds: int = 16
     participation_rate: float = 0.1
+    warmup_share: float = 0.0
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
@@ -103,7 +124,9 @@ class RandomPlanner:
         floor = participation_floor(
             device.sparsity, self.final_sparsity, round_num, self.rounds, self.participation_rate
         )
-        target = self.rng.uniform(floor, self.final_sparsity)
+        cap = warmup_cap(round_num, self.rounds, self.final_sparsity, self.warmup_share)
+        floor, cap = capped_floor(device.sparsity, floor, cap)
+        target = self.rng.uniform(floor, cap)
         return Assignment(rank, float(target))
 
     def observe(self, round_num: int, outcomes: list[dict]) -> list[dict]:

@@ -105,6 +105,7 @@ def make_planner(method: Method, config: Config, num_devices: int) -> Planner:
             config.run.seed,
             config.run.rounds,
             participation_rate(config),
+            config.pruning.warmup_share,
         )
     from fedspine.methods.fedspine import BanditPlanner
 
