@@ -95,7 +95,7 @@ class PruningSection:
     ema_beta: float = 0.9  # smoothing of importance over local iterations
     selection: str = "uniform"  # uniform (same share per layer) | global (ranked across layers)
     final_recovery_steps: int = 6  # steps of the final round (scoring, prune at half, recovery)
-    warmup_share: float = 0.0  # share of rounds over which a bandit arm's sparsity cap rises
+    warmup_share: float = 0.5  # share of rounds over which a bandit arm's sparsity cap rises
     share_importance: bool = True  # devices pool their scores; each starts from the fleet prior
     fleet_momentum: float = 0.5  # share of the old fleet prior kept when a round's scores arrive
 
