@@ -123,7 +123,7 @@ class FedspineStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         outcomes, uploads = [], []
-        for reply in replies:
+        for reply in self.in_device_order(replies):
             if reply.has_error():
                 outcomes.append(self._crashed(reply))
                 continue
@@ -143,6 +143,12 @@ class FedspineStrategy(Strategy):
         self._score_reports = []
         self.last_round = outcomes
         return None, MetricRecord({"participants": float(len(outcomes))})
+
+    def in_device_order(self, replies: Iterable[Message]) -> list[Message]:
+        """Replies sorted by device id: they arrive in whatever order the workers finish, and
+        the bandit's updates, the float sums of aggregation and the fleet prior must not
+        depend on that, or one seed gives different runs."""
+        return sorted(replies, key=lambda m: self.devices[m.metadata.src_node_id].device_id)
 
     def _crashed(self, reply: Message) -> dict:
         """A device whose ClientApp raised: logged (last line of the error), not aggregated."""
