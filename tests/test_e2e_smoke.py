@@ -111,3 +111,20 @@ def test_exported_device_model_matches_its_structure(fedspine_run, tmp_path):
     out = export_device(fedspine_run, device["id"], tmp_path / "device0")
     model = fedspine.load_pruned(out)
     assert sum(p.numel() for p in model.parameters()) == device["params"]
+
+
+def test_one_seed_gives_one_run(fedspine_run, tmp_path):
+    """Flower's node ids and reply order vary between runs; the record must not."""
+    again = simulate(load_config("smoke", overrides=["run.method=fedspine"]), tmp_path / "again")
+
+    def trace(run_dir):
+        return [
+            (
+                r["accuracy"],
+                [(p["device"], p["lora_rank"], p["prune_ratio"]) for p in r["participants"]],
+            )
+            for r in read_rounds(run_dir)
+        ]
+
+    assert trace(again) == trace(fedspine_run)
+    assert read_summary(again)["final_accuracy"] == read_summary(fedspine_run)["final_accuracy"]

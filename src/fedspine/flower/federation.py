@@ -161,7 +161,8 @@ def final_round(grid: Grid, strategy: FedspineStrategy, round_num: int) -> list[
     """Devices below the final target prune to it (with recovery steps); the paper's 'same
     sparsity' comparison needs every device at the target, rarely-sampled ones included."""
     target = strategy.res.config.pruning.target_sparsity
-    laggards = [n for n, s in strategy.devices.items() if s.sparsity < target - 1e-6]
+    by_device = sorted(strategy.devices.items(), key=lambda item: item[1].device_id)
+    laggards = [n for n, s in by_device if s.sparsity < target - 1e-6]
     steps = strategy.res.config.pruning.final_recovery_steps  # prune at half, then recover
     return [strategy.train_message(n, round_num, True, grid, local_steps=steps) for n in laggards]
 

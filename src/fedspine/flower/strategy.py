@@ -78,7 +78,7 @@ class FedspineStrategy(Strategy):
         nodes = sorted(self.devices, key=lambda n: self.devices[n].device_id)
         count = min(self.clients_per_round, len(nodes))
         picks = self.rng.choice(len(nodes), size=count, replace=False)  # node ids exceed float53
-        return sorted(nodes[i] for i in picks)
+        return [nodes[i] for i in sorted(picks)]  # device-id order: the planner's draws follow it
 
     def train_message(
         self, node_id: int, round_num: int, final_round: bool, grid: Grid, local_steps: int = 0
