@@ -116,6 +116,6 @@ def train(msg: Message, context: Context) -> Message:
             P.DEVICE_META: ConfigRecord(meta),
         }
     )
-    if result.scored and result.scores is not None:  # this round's EMA, for the fleet prior
+    if result.scored:  # this round's importance EMA, for the server's fleet prior
         content[P.IMPORTANCE] = ArrayRecord(torch_state_dict=scores_to_tensors(result.scores))
     return Message(content=content, reply_to=msg)

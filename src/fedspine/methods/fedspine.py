@@ -16,7 +16,7 @@ from fedspine.bandit.reward import RewardWeights, compute_reward, failed_reward
 from fedspine.bandit.sucb import Arm, BanditPool
 from fedspine.config import Config
 from fedspine.methods.base import Assignment, DeviceView
-from fedspine.methods.planners import capped_floor, participation_floor, warmup_cap
+from fedspine.methods.planners import sparsity_bounds
 
 
 class BanditPlanner:
@@ -45,11 +45,14 @@ class BanditPlanner:
         self.participation_rate = min(1.0, config.run.clients_per_round / num_devices)
 
     def assign(self, round_num: int, device: DeviceView, final_round: bool) -> Assignment:
-        floor = participation_floor(
-            device.sparsity, self.final_sparsity, round_num, self.rounds, self.participation_rate
+        floor, cap = sparsity_bounds(
+            device.sparsity,
+            self.final_sparsity,
+            round_num,
+            self.rounds,
+            self.participation_rate,
+            self.warmup_share,
         )
-        cap = warmup_cap(round_num, self.rounds, self.final_sparsity, self.warmup_share)
-        floor, cap = capped_floor(device.sparsity, floor, cap)
         arm = self.pool.propose(device.node_id, p_floor=floor, p_cap=cap)
         target = self.final_sparsity if final_round else max(arm.prune_ratio, floor)
         self.pending[device.node_id] = (arm, device.sparsity)

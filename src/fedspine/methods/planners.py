@@ -42,6 +42,20 @@ def capped_floor(sparsity: float, floor: float, cap: float) -> tuple[float, floa
     return min(floor, cap), cap
 
 
+def sparsity_bounds(
+    sparsity: float,
+    final: float,
+    round_num: int,
+    rounds: int,
+    participation_rate: float,
+    warmup_share: float,
+) -> tuple[float, float]:
+    """(least, most) sparsity an arm may ask of a device this round: the participation floor
+    under the warm-up cap, neither below what the device already reached."""
+    floor = participation_floor(sparsity, final, round_num, rounds, participation_rate)
+    return capped_floor(sparsity, floor, warmup_cap(round_num, rounds, final, warmup_share))
+
+
 def ramp_sparsity(round_num: int, rounds: int, final: float) -> float:
     """Fixed iterative schedule: reach the final sparsity linearly by the middle of the run."""
     ramp_rounds = max(1, rounds // 2)
@@ -121,11 +135,14 @@ class RandomPlanner:
         rank = int(np.clip(round(2**log_rank), self.rank_min, self.rank_max))
         if final_round:
             return Assignment(rank, self.final_sparsity)
-        floor = participation_floor(
-            device.sparsity, self.final_sparsity, round_num, self.rounds, self.participation_rate
+        floor, cap = sparsity_bounds(
+            device.sparsity,
+            self.final_sparsity,
+            round_num,
+            self.rounds,
+            self.participation_rate,
+            self.warmup_share,
         )
-        cap = warmup_cap(round_num, self.rounds, self.final_sparsity, self.warmup_share)
-        floor, cap = capped_floor(device.sparsity, floor, cap)
         target = self.rng.uniform(floor, cap)
         return Assignment(rank, float(target))
 
