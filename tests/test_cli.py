@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 import fedspine.resources  # noqa: F401  (import torch/transformers once, outside the timings)
 from fedspine import cli
+from fedspine.errors import ConfigError
 from fedspine.report.record import RunDirectory, read_rounds
 from fedspine.runner import QUIET_LOGGERS, abandon_run
 
@@ -298,3 +299,28 @@ def test_failed_run_keeps_its_partial_dir_only_when_a_round_finished(tmp_path):
     assert kept == tmp_path / "midway.partial"
     assert read_rounds(kept) == [{"round": 1, "accuracy": 0.8}]
     assert not (tmp_path / "midway").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], "fedspine"),
+        (["--set", "run.method=fedlora"], "fedlora"),
+        (["--method", "hetlora"], "hetlora"),
+        (["--set", "run.method=fedlora", "--method", "flexlora"], "flexlora"),
+    ],
+)
+def test_run_method_comes_from_set_unless_method_is_given(args, expected, capsys, monkeypatch):
+    """`--set run.method=X` (or a config file's) must not be overridden by --method's default."""
+    import fedspine.runner
+
+    seen = {}
+
+    def fake_simulate(cfg, out, progress):
+        seen["method"] = cfg.run.method
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(fedspine.runner, "simulate", fake_simulate)
+    code, _, err, _ = run_main(["run", "--preset", "smoke", *args], capsys, monkeypatch)
+    assert code != 0 and "stop here" in err
+    assert seen["method"] == expected

@@ -25,12 +25,14 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 MethodOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--method",
         "-m",
         help="fedspine | fedlora | hetlora | flexlora | prune-then-tune | "
-        "fedspine-fixed | fedspine-random | fedspine-perdevice",
+        "fedspine-fixed | fedspine-random | fedspine-perdevice "
+        "(default: run.method from --config or --set, else fedspine)",
+        show_default=False,
     ),
 ]
 PresetOpt = Annotated[
@@ -71,7 +73,7 @@ def _config(preset: str, config_file: Path | None, sets: list[str] | None, extra
 
 @app.command()
 def run(
-    method: MethodOpt = "fedspine",
+    method: MethodOpt = None,
     preset: PresetOpt = "default",
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -86,7 +88,9 @@ def run(
     from fedspine.report.progress import RichProgress
     from fedspine.runner import simulate
 
-    extra = [f"run.method={method}"] + ([f"run.seed={seed}"] if seed is not None else [])
+    extra = ([f"run.method={method}"] if method is not None else []) + (
+        [f"run.seed={seed}"] if seed is not None else []
+    )
     cfg = _config(preset, config, set_, extra)
     progress = RichProgress(cfg.run.method, console)
     try:
