@@ -64,10 +64,14 @@ def test_lora_targets_are_exactly_the_prunable_projections(model_type):
         if isinstance(module, LoraLayer)
     }
     full = KeptIndices.full(adapter, model.config)
-    assert with_lora == set(module_kept_indices(adapter, full))
-    assert not any(
-        "pooler" in name or "classifier" in name or "score" in name for name in with_lora
-    )
+    per_module = module_kept_indices(adapter, full)
+    assert with_lora == set(per_module)
+    assert not any("classifier" in name or "score" in name for name in with_lora)
+    # BERT's pooler trains through LoRA and is never sliced; nothing else outside the layers.
+    outside = {name for name in with_lora if ".layer" not in name and ".layers." not in name}
+    assert outside == set(adapter.unpruned_lora_names())
+    assert all(per_module[name] == (None, None) for name in outside)
+    assert ("bert.pooler.dense" in outside) == (model_type == "bert")
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -116,3 +120,20 @@ def _flat_scores(kept):
         )
         for _ in range(dims.num_layers)
     )
+
+
+def test_bert_pooler_lora_trains_at_the_head_learning_rate():
+    """The pooler feeds the new head: its LoRA joins the head's optimizer group, nothing else."""
+    from fedspine.train import make_optimizer
+
+    model = _model("bert")
+    adapter = adapter_for(model)
+    peft_model = get_peft_model(model, adapter.lora_config(rank=2))
+    optimizer = make_optimizer(peft_model, 1e-3, 2e-3, 0.0, adapter.task_head_modules())
+    by_lr = {group["lr"]: {id(p) for p in group["params"]} for group in optimizer.param_groups}
+    names = {id(p): n for n, p in peft_model.named_parameters()}
+    head_names = {names[i] for i in by_lr[2e-3]}
+    assert any("pooler.dense.lora_A" in n for n in head_names)
+    assert any("classifier" in n for n in head_names)
+    assert all("pooler" in n or "classifier" in n for n in head_names)
+    assert not any("pooler" in names[i] for i in by_lr[1e-3])

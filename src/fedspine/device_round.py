@@ -143,7 +143,7 @@ def run_device_round(
         cfg.train.learning_rate,
         cfg.train.head_learning_rate,
         cfg.train.weight_decay,
-        res.base.adapter.head_module_names,
+        res.base.adapter.task_head_modules(),
     )
     stats = train_local(
         peft_model,
@@ -302,7 +302,7 @@ class _Pruner:
             cfg.train.learning_rate,
             cfg.train.head_learning_rate,
             cfg.train.weight_decay,
-            self.adapter.head_module_names,
+            self.adapter.task_head_modules(),
         )
         self.optimizer.param_groups.clear()
         self.optimizer.state.clear()

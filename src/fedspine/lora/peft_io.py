@@ -32,7 +32,7 @@ def attach_lora(
         r=rank,
         lora_alpha=alpha_per_rank * rank,
         lora_dropout=dropout,
-        target_modules=list(adapter.lora_target_modules),
+        target_modules=adapter.peft_target_modules(),
         modules_to_save=list(adapter.head_module_names),
         task_type="SEQ_CLS",
     )

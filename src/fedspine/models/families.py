@@ -60,6 +60,9 @@ class FamilyAdapter:
     lora_target_modules: tuple[str, ...]
     head_module_names: tuple[str, ...]
     has_grouped_kv: bool  # decoders: num_key_value_heads and an explicit head_dim in config
+    # Backbone-relative linears outside the layers that train through LoRA and are never sliced
+    # (BERT's pooler): their LoRA travels like the rest, at the device's rank.
+    unpruned_lora_modules: tuple[str, ...] = ()
 
     # ----- dimensions -------------------------------------------------------------------------
     def full_dims(self, config: PretrainedConfig) -> FullDims:
@@ -113,6 +116,19 @@ class FamilyAdapter:
         """Full name of a layer's projection in the classification model."""
         return f"{self.layers_prefix()}.{layer_idx}.{layer_relative_path}"
 
+    def unpruned_lora_names(self) -> tuple[str, ...]:
+        """Full names of the LoRA-trained modules that pruning never touches."""
+        return tuple(f"{self.base_prefix}.{path}" for path in self.unpruned_lora_modules)
+
+    def task_head_modules(self) -> tuple[str, ...]:
+        """Modules trained at the task head's learning rate: the head and the unpruned LoRA
+        modules that feed it (a new head needs them to move as fast as it does)."""
+        return (*self.head_module_names, *self.unpruned_lora_modules)
+
+    def peft_target_modules(self) -> list[str]:
+        """peft's target_modules: every prunable projection plus the unpruned LoRA modules."""
+        return [*self.lora_target_modules, *self.unpruned_lora_modules]
+
     def lora_config(
         self, rank: int, alpha: float | None = None, dropout: float = 0.0
     ) -> LoraConfig:
@@ -121,7 +137,7 @@ class FamilyAdapter:
             r=rank,
             lora_alpha=2 * rank if alpha is None else alpha,
             lora_dropout=dropout,
-            target_modules=list(self.lora_target_modules),
+            target_modules=self.peft_target_modules(),
             modules_to_save=list(self.head_module_names),
         )
 
@@ -164,7 +180,12 @@ _DECODER_LORA_TARGETS = (
 )
 
 
-def _encoder(name: str, model_types: tuple[str, ...], heads: tuple[str, ...]) -> FamilyAdapter:
+def _encoder(
+    name: str,
+    model_types: tuple[str, ...],
+    heads: tuple[str, ...],
+    unpruned_lora: tuple[str, ...] = (),
+) -> FamilyAdapter:
     return FamilyAdapter(
         name=name,
         model_types=model_types,
@@ -180,6 +201,7 @@ def _encoder(name: str, model_types: tuple[str, ...], heads: tuple[str, ...]) ->
         lora_target_modules=_ENCODER_LORA_TARGETS,
         head_module_names=heads,
         has_grouped_kv=False,
+        unpruned_lora_modules=unpruned_lora,
     )
 
 
@@ -213,9 +235,12 @@ def register_family(adapter: FamilyAdapter) -> None:
 
 for _adapter in (
     # BERT classifies from the pooler (dense + tanh over [CLS]); a sentence-embedding checkpoint
-    # such as all-MiniLM was never trained to use it, so the pooler trains with the new head.
-    # RoBERTa's classification head already holds its own dense layer.
-    _encoder("bert", ("bert",), ("pooler", "classifier")),
+    # such as all-MiniLM was never trained to use it, so the pooler must train, but through
+    # LoRA [our choice]: trained fully it was a hidden x hidden matrix that every device of every
+    # method sent both ways every round (148K parameters, 31% of a rank-8 MiniLM payload and
+    # two thirds of a rank-2 one), which no rank or pruning choice could shrink.
+    # RoBERTa's classification head holds its own, newly initialised, dense layer: it trains fully.
+    _encoder("bert", ("bert",), ("classifier",), unpruned_lora=("pooler.dense",)),
     _encoder("roberta", ("roberta",), ("classifier",)),
     _decoder("llama", ("llama",)),
     _decoder("qwen2", ("qwen2",)),

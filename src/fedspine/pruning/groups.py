@@ -71,4 +71,6 @@ def module_kept_indices(
                 _index_or_none(kept, layer_idx, row_kind),
                 _index_or_none(kept, layer_idx, col_kind),
             )
+    for name in adapter.unpruned_lora_names():
+        result[name] = (None, None)
     return result
