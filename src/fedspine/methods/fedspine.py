@@ -39,7 +39,8 @@ class BanditPlanner:
             tree_options={"c": bandit.exploration, "smoothness": bandit.smoothness},
             seed=config.run.seed,
         )
-        self.pending: dict[int, tuple[Arm, float]] = {}  # node -> (arm, sparsity before)
+        # node -> (arm, sparsity before, the tree that proposed the arm)
+        self.pending: dict[int, tuple[Arm, float, str]] = {}
         self.rounds = config.run.rounds
         self.warmup_share = config.pruning.warmup_share
         self.participation_rate = min(1.0, config.run.clients_per_round / num_devices)
@@ -53,9 +54,10 @@ class BanditPlanner:
             self.participation_rate,
             self.warmup_share,
         )
+        source = self.pool.source_of(device.node_id)
         arm = self.pool.propose(device.node_id, p_floor=floor, p_cap=cap)
         target = self.final_sparsity if final_round else max(arm.prune_ratio, floor)
-        self.pending[device.node_id] = (arm, device.sparsity)
+        self.pending[device.node_id] = (arm, device.sparsity, source)
         return Assignment(arm.lora_rank, min(target, self.final_sparsity))
 
     def observe(self, round_num: int, outcomes: list[dict]) -> list[dict]:
@@ -66,7 +68,7 @@ class BanditPlanner:
         logs = []
         for outcome in outcomes:
             node = outcome["node_id"]
-            arm, before = self.pending.pop(node, (None, 0.0))
+            arm, before, source = self.pending.pop(node, (None, 0.0, ""))
             if arm is None:
                 logs.append({})
                 continue
@@ -82,7 +84,7 @@ class BanditPlanner:
                     **parts.to_dict(),
                     "arm_prune_ratio": arm.prune_ratio,
                     "arm_lora_rank": arm.lora_rank,
-                    "tree": self.pool.source_of(node),
+                    "tree": source,  # the tree that proposed this arm
                 }
             )
         return logs
