@@ -17,6 +17,7 @@ PLAN = "plan"  # ConfigRecord: what the server asks of the device this round
 REPORT = "report"  # MetricRecord: what the device reports back
 DEVICE_META = "device"  # ConfigRecord: device identity and kept-index map (JSON)
 IMPORTANCE = "importance"  # ArrayRecord: group scores (down: fleet prior; up: device EMA)
+PROBE = "probe"  # ConfigRecord at registration: the step FLOPs a device must time
 
 # Keys of PLAN.
 ROUND = "round"
@@ -46,6 +47,10 @@ USED_RANK = "lora_rank"
 
 # Keys of DEVICE_META.
 DEVICE_ID = "device_id"
+STEP_FLOPS = "step_flops"
+PROBE_STEP_S = "probe_step_s"  # registration probe replies (fedspine.fleet.probe)
+PROBE_BANDWIDTH = "probe_bandwidth_Bps"
+PROBE_LATENCY = "probe_latency_s"
 TIER = "tier"
 ERROR = "error"
 

@@ -417,6 +417,18 @@ class BanditPool:
             tree = self._fleet_tree()
         return tree.propose(p_floor, p_cap)
 
+    def observe_speed(self, device_id: Any, effective_speed: float) -> None:
+        """A speed measured outside a round (registration probe): places the device in a group
+        before its first pull; ignored per-device."""
+        if self.config["mode"] == "per-device":
+            return
+        log2_speed = smoothed_log2_speed(
+            self._log2_speed.get(device_id), effective_speed, self.config["speed_ema"]
+        )
+        self._log2_speed[device_id] = log2_speed
+        if self._reference_log2 is None:
+            self._reference_log2 = log2_speed
+
     def update(
         self, device_id: Any, arm: Arm, reward: float, effective_speed: float | None = None
     ) -> None:
@@ -425,12 +437,7 @@ class BanditPool:
         if self.config["mode"] == "per-device":
             return
         if effective_speed is not None:
-            log2_speed = smoothed_log2_speed(
-                self._log2_speed.get(device_id), effective_speed, self.config["speed_ema"]
-            )
-            self._log2_speed[device_id] = log2_speed
-            if self._reference_log2 is None:
-                self._reference_log2 = log2_speed
+            self.observe_speed(device_id, effective_speed)
         self._fleet_tree().update(arm, reward)
         bucket = self.group_of(device_id)
         if bucket is not None:

@@ -17,6 +17,8 @@ from flwr.clientapp import ClientApp
 
 from fedspine import protocol as P
 from fedspine.device_round import DevicePlan, run_device_round
+from fedspine.fleet.clock import conditions_at
+from fedspine.fleet.probe import simulate_probe
 from fedspine.pruning import KeptIndices, ModelScores
 from fedspine.pruning.fleet_importance import scores_to_tensors, tensors_to_scores
 from fedspine.resources import load_resources
@@ -42,6 +44,13 @@ def describe(msg: Message, context: Context) -> Message:
     res = load_resources(str(msg.content[P.PLAN][P.CONFIG_JSON]))
     device = res.fleet[int(context.node_config["partition-id"])]
     meta = ConfigRecord({P.DEVICE_ID: device.device_id, P.TIER: device.tier})
+    if P.PROBE in msg.content:  # time one step and a transfer (simulated: the device's clock)
+        step_flops = float(msg.content[P.PROBE][P.STEP_FLOPS])
+        conditions = conditions_at(device, res.fleet_spec, 1)
+        probe = simulate_probe(step_flops, conditions, device.latency_s)
+        meta[P.PROBE_STEP_S] = probe.step_s
+        meta[P.PROBE_BANDWIDTH] = probe.bandwidth_Bps
+        meta[P.PROBE_LATENCY] = probe.latency_s
     return Message(content=RecordDict({P.DEVICE_META: meta}), reply_to=msg)
 
 

@@ -16,6 +16,8 @@ from flwr.serverapp import Grid
 from fedspine import protocol as P
 from fedspine.config import Config, config_to_dict
 from fedspine.evaluation import evaluate_device, final_eval_subset, full_kept, representative
+from fedspine.fleet.cost import training_flops
+from fedspine.fleet.probe import ProbeResult, estimated_round_speed
 from fedspine.flower.strategy import DeviceState, FedspineStrategy
 from fedspine.global_state import GlobalLora
 from fedspine.lora.peft_io import attach_lora, get_head_state, get_lora_factors
@@ -60,22 +62,71 @@ def wait_for_nodes(grid: Grid, count: int) -> list[int]:
 
 
 def register_devices(
-    grid: Grid, nodes: list[int], config_json: str, full: KeptIndices
-) -> dict[int, DeviceState]:
-    """Ask every node who it is (device id, announced hardware class)."""
-    plan = ConfigRecord({P.CONFIG_JSON: config_json})
+    grid: Grid,
+    nodes: list[int],
+    config_json: str,
+    full: KeptIndices,
+    step_flops: float | None = None,
+) -> tuple[dict[int, DeviceState], dict[int, ProbeResult]]:
+    """Ask every node who it is (device id, announced hardware class) and, with `step_flops`,
+    to time one training step of that size and a small transfer (fedspine.fleet.probe)."""
+    content = {P.PLAN: ConfigRecord({P.CONFIG_JSON: config_json})}
+    if step_flops is not None:
+        content[P.PROBE] = ConfigRecord({P.STEP_FLOPS: float(step_flops)})
     messages = [
-        Message(content=RecordDict({P.PLAN: plan}), message_type="query", dst_node_id=n)
-        for n in nodes
+        Message(content=RecordDict(content), message_type="query", dst_node_id=n) for n in nodes
     ]
-    devices = {}
+    devices, probes = {}, {}
     for reply in grid.send_and_receive(messages):
         if reply.has_error():
             raise RuntimeError(f"device registration failed: {reply.error.reason}")
         meta = reply.content[P.DEVICE_META]
         node = reply.metadata.src_node_id
         devices[node] = DeviceState(node, int(meta[P.DEVICE_ID]), str(meta[P.TIER]), full)
-    return devices
+        if P.PROBE_STEP_S in meta:
+            probes[node] = ProbeResult(
+                float(meta[P.PROBE_STEP_S]),
+                float(meta[P.PROBE_BANDWIDTH]),
+                float(meta[P.PROBE_LATENCY]),
+            )
+    return devices, probes
+
+
+def probe_workload(res: RunResources, global_lora: GlobalLora) -> tuple[float, int]:
+    """FLOPs of one local step of the unpruned model and the bytes of a full-rank round trip
+    (global LoRA + head, down and up): the typical round a probe is extrapolated to."""
+    cfg = res.config
+    peft_model = attach_lora(
+        build_pruned_model(res.base.model, full_kept(res)),
+        res.base.adapter,
+        global_lora.max_rank,
+        cfg.model.lora_alpha_per_rank,
+        0.0,
+        seed=cfg.run.seed,
+    )
+    step_flops = training_flops(peft_model, cfg.train.batch_size, cfg.data.max_seq_len)
+    tensors = [*global_lora.head.values()]
+    tensors += [t for f in global_lora.factors.values() for t in (f.A, f.B)]
+    one_way = sum(t.numel() * t.element_size() for t in tensors)
+    return step_flops, 2 * one_way
+
+
+def apply_probes(
+    strategy: FedspineStrategy,
+    probes: dict[int, ProbeResult],
+    step_flops: float,
+    round_bytes: int,
+) -> float:
+    """Hand the probed speeds to the planner; return the simulated seconds the probe cost
+    (the server waits for the slowest device)."""
+    steps = strategy.res.config.train.local_steps
+    strategy.planner.observe_probe(
+        {
+            node: estimated_round_speed(probe, step_flops, steps, round_bytes)
+            for node, probe in probes.items()
+        }
+    )
+    return max((probe.duration_s() for probe in probes.values()), default=0.0)
 
 
 def participant_row(outcome: dict) -> dict:
@@ -207,15 +258,25 @@ def run_federation(
         method, method.make_planner(config, config.fleet.num_devices), global_lora, res, config_json
     )
     progress.phase("registering devices")
-    strategy.devices = register_devices(
-        grid, wait_for_nodes(grid, config.fleet.num_devices), config_json, full_kept(res)
+    probing = getattr(strategy.planner, "wants_probe", False)
+    step_flops, round_bytes = probe_workload(res, global_lora) if probing else (None, 0)
+    strategy.devices, probes = register_devices(
+        grid,
+        wait_for_nodes(grid, config.fleet.num_devices),
+        config_json,
+        full_kept(res),
+        step_flops,
     )
     clock = {"sim": 0.0, "wall": 0.0}
+    probe_s = apply_probes(strategy, probes, step_flops, round_bytes) if probing else 0.0
+    clock["sim"] = probe_s  # the probe's simulated cost opens the run's clock
     progress.start_rounds(config.run.rounds + int(method.prunes))
     rows = []
     for round_num in range(1, config.run.rounds + 1):
         messages = strategy.configure_train(round_num, None, None, grid)
         rows.append(run_round(grid, strategy, messages, round_num, clock, progress))
+        if round_num == 1 and probing:
+            rows[-1]["probe_sim_s"] = probe_s
         run_dir.append_round(rows[-1])
     if method.prunes:
         final = final_round(grid, strategy, config.run.rounds + 1)

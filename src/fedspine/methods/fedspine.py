@@ -41,9 +41,15 @@ class BanditPlanner:
         )
         # node -> (arm, sparsity before, the tree that proposed the arm)
         self.pending: dict[int, tuple[Arm, float, str]] = {}
+        self.wants_probe = mode == "shared" and bandit.probe  # fedspine.fleet.probe
         self.rounds = config.run.rounds
         self.warmup_share = config.pruning.warmup_share
         self.participation_rate = min(1.0, config.run.clients_per_round / num_devices)
+
+    def observe_probe(self, speeds: dict[int, float]) -> None:
+        """Registration-probe speeds: every device starts in a speed group."""
+        for node, speed in speeds.items():
+            self.pool.observe_speed(node, speed)
 
     def assign(self, round_num: int, device: DeviceView, final_round: bool) -> Assignment:
         floor, cap = sparsity_bounds(
