@@ -228,3 +228,43 @@ def test_invalid_settings_raise_config_error(options):
     settings = {"p_range": P_RANGE, "rank_range": RANK_RANGE, **options}
     with pytest.raises(ConfigError):
         SmoothUCB(**settings)
+
+
+@pytest.mark.parametrize("inherit", [0.0, 1.0])
+def test_children_inherit_the_parent_mean_at_the_configured_weight(inherit):
+    bandit = SmoothUCB(
+        P_RANGE, RANK_RANGE, split_after=2, discount=1.0, inherit_weight=inherit, seed=0
+    )
+    for reward in (0.2, 0.6):  # the root splits after its second pull
+        bandit.update(bandit.propose(), reward)
+    leaves = bandit.leaf_summary()
+    assert len(leaves) == 2
+    for leaf in leaves:
+        if inherit == 0.0:
+            assert leaf["mean"] is None  # unvisited: index +inf, must be visited next
+        else:
+            assert leaf["mean"] == pytest.approx(0.4)  # the parent's mean, not a forced visit
+
+
+def test_inheriting_children_let_rewards_steer_a_young_tree():
+    """With 30 pulls, proposals must depend on the rewards (not only on the seeded sampler)."""
+
+    def arms(reward_of, inherit):
+        bandit = SmoothUCB(P_RANGE, RANK_RANGE, inherit_weight=inherit, seed=3)
+        chosen = []
+        for _ in range(30):
+            arm = bandit.propose()
+            bandit.update(arm, reward_of(arm))
+            chosen.append((arm.prune_ratio, arm.lora_rank))
+        return chosen
+
+    def low_rank(arm):
+        return 1.0 if arm.lora_rank <= 4 else 0.0
+
+    def high_rank(arm):
+        return 1.0 if arm.lora_rank >= 16 else 0.0
+
+    assert arms(low_rank, 1.0) != arms(high_rank, 1.0)
+    low = sum(r <= 4 for _, r in arms(low_rank, 1.0)[10:])
+    high = sum(r <= 4 for _, r in arms(high_rank, 1.0)[10:])
+    assert low > high

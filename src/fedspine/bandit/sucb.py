@@ -12,7 +12,14 @@ The mechanics are [our choice] (method.md step 9), HOO / zooming style:
   term already carries the smoothness bonus of coarse cells. Ties are broken by the seeded RNG.
 * The chosen leaf is sampled uniformly; a leaf splits in two along its longest normalised side
   once it has been pulled ``ceil(split_after * split_growth ** depth)`` times (deeper cells need
-  more evidence), up to ``max_depth``. Children start unvisited.
+  more evidence), up to ``max_depth``. Children inherit their parent's mean at weight
+  ``inherit_weight`` (default 1; 0 = children start unvisited, index +inf). With +inf children
+  every split forces two visits, so a tree with a few dozen pulls (a speed group's whole run at
+  1-2 participations per device) only explores: two default runs whose reward differed
+  (bandit.time_slack 0 vs 1) proposed identical arms for 11 rounds. Inheriting lets a child
+  compete by what its parent learned; on the synthetic bump of tests/test_sucb.py it cut regret
+  over the first 100 pulls from 26.4 to 20.9 (5 seeds) and the 80-device shared fleet's from 297
+  to 251, with the same recovery after a shift.
 * ``discount`` < 1 decays a cell's count and reward sum each time the cell is pulled
   (n <- discount * n + 1, sum <- discount * sum + reward), so a cell remembers about
   1 / (1 - discount) pulls: when the reward function shifts (a device's power mode, a later
@@ -101,6 +108,7 @@ class SmoothUCB:
         split_growth: float = 1.5,
         max_depth: int = 10,
         discount: float = 0.95,
+        inherit_weight: float = 1.0,
         rank_grid: RankGrid = "pow2",
         seed: int = 0,
     ) -> None:
@@ -113,6 +121,7 @@ class SmoothUCB:
             "split_growth": float(split_growth),
             "max_depth": int(max_depth),
             "discount": float(discount),
+            "inherit_weight": float(inherit_weight),
             "rank_grid": rank_grid,
             "seed": int(seed),
         }
@@ -151,6 +160,7 @@ class SmoothUCB:
             ),
             (cfg["max_depth"] >= 0, "max_depth must be >= 0"),
             (0.0 < cfg["discount"] <= 1.0, f"discount must be in (0, 1], got {cfg['discount']}"),
+            (cfg["inherit_weight"] >= 0, "inherit_weight must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -245,8 +255,14 @@ class SmoothUCB:
         mid = (cell.lo[dim] + cell.hi[dim]) / 2
         left_hi = (mid, cell.hi[1]) if dim == 0 else (cell.hi[0], mid)
         right_lo = (mid, cell.lo[1]) if dim == 0 else (cell.lo[0], mid)
-        left = _Cell(lo=cell.lo, hi=left_hi, depth=cell.depth + 1)
-        right = _Cell(lo=right_lo, hi=cell.hi, depth=cell.depth + 1)
+        prior = min(cfg["inherit_weight"], cell.weight)
+        prior_sum = prior * cell.reward_sum / cell.weight if cell.weight > 0 else 0.0
+        left = _Cell(
+            lo=cell.lo, hi=left_hi, depth=cell.depth + 1, weight=prior, reward_sum=prior_sum
+        )
+        right = _Cell(
+            lo=right_lo, hi=cell.hi, depth=cell.depth + 1, weight=prior, reward_sum=prior_sum
+        )
         self._cells.extend([left, right])
         cell.children = (len(self._cells) - 2, len(self._cells) - 1)
         cell.split_dim, cell.split_at = dim, mid
