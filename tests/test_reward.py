@@ -25,19 +25,25 @@ BASE = {
 }
 
 
+PLAIN = RewardWeights(time_slack=0.0)  # every device pays for all of its time
+
+
 def reward(**changes):
-    return compute_reward(**{**BASE, **changes}, weights=RewardWeights())
+    return compute_reward(**{**BASE, **changes}, weights=PLAIN)
 
 
 def test_terms_and_total_on_a_typical_round():
     parts = reward()
-    weights = RewardWeights()
+    weights = PLAIN
     assert parts.loss_gain == pytest.approx(0.2)
     assert parts.prune_progress == pytest.approx(0.5)
     assert parts.update_importance == pytest.approx(0.5)
     assert parts.time_ratio == pytest.approx(1.0)
     expected = (
-        weights.w_loss * 0.2 + weights.w_prune * 0.5 + weights.w_imp * 0.5 - weights.w_time * 1.0
+        weights.w_loss * 0.2
+        + weights.w_prune * 0.5
+        + weights.w_imp * 0.5
+        - weights.w_time * max(0.0, 1.0 - weights.time_slack)
     )
     assert parts.total == pytest.approx(expected)
     assert not parts.failed
@@ -112,7 +118,7 @@ def test_weights_validate_and_serialise():
         RewardWeights(w_loss=-1.0)
     with pytest.raises(ConfigError):
         RewardWeights(max_time_ratio=0.0)
-    custom = RewardWeights(w_time=0.0)
+    custom = RewardWeights(w_time=0.0, time_slack=0.0)
     assert reward().total < compute_reward(**BASE, weights=custom).total
     assert RewardWeights(**RewardWeights().to_dict()) == RewardWeights()
 

@@ -111,8 +111,8 @@ class BanditSection:
     w_prune: float = 1.0  # reward weight of the share of the sparsity gap closed
     w_imp: float = 0.5  # reward weight of the LoRA update's norm (relative to the round's max)
     w_time: float = 1.0  # penalty weight of completion time / round median
-    time_slack: float = 0.0  # charge only time/median above this (1 = only the slower half pays)
-    probe: bool = False  # shared mode: devices time one step + a transfer at registration
+    time_slack: float = 1.0  # charge only time/median above this (1 = only the slower half pays)
+    probe: bool = True  # shared mode: devices time one step + a transfer at registration
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,16 @@ of the LoRA update and the completion time relative to the round's other devices
 * time_ratio = time_i / median round time, clipped to [0, max_time_ratio] (not to 1): a
   straggler at 2x the median must cost more than one at 1.1x, but one pathological round (a
   network stall) should not swamp a cell's mean, hence the cap (default 3).
-* time_slack: with 0 every device pays for its time; with 1 only the part above the round's
-  median is charged, so devices that cannot be the straggler are free to take a higher rank
-  (a synchronous round lasts as long as its slowest device, not its median one).
+* time_slack (default 1): only the part of time_ratio above it is charged, so devices that
+  cannot be the straggler are free to take a higher rank (a synchronous round lasts as long
+  as its slowest device, not its median one); 0 charges every device for all of its time.
+  With 0 the default run's fast devices were pushed to rank 2 for no gain in round time.
 
 Weights are config values (`[bandit]` in `fedspine.config`, the one home of their defaults,
 recorded in every run's config.toml). The defaults weigh loss gain and pruning progress alike
-(1.0 each: the device must both learn and reach the target), the straggler term 1.0 (a device
-at the median pays 1.0, one at 2x pays 2.0) and the update norm, a weak proxy of how much the
-device contributed to the global model, 0.5.
+(1.0 each: the device must both learn and reach the target), the straggler term 1.0 (with the
+default slack, a device at the median pays 0, one at 2x pays 1.0) and the update norm, a weak
+proxy of how much the device contributed to the global model, 0.5.
 
 A failed device (out of memory, crash, timeout) gets ``failed_reward``: no gains, the capped
 time ratio (the server waited for nothing) and ``failure_penalty`` on top, so (with a penalty > 0) a
