@@ -120,10 +120,12 @@ def apply_probes(
     """Hand the probed speeds to the planner; return the simulated seconds the probe cost
     (the server waits for the slowest device)."""
     steps = strategy.res.config.train.local_steps
+    # Device-id order, not reply order: the first speed seen centres the speed buckets.
+    in_order = sorted(probes, key=lambda node: strategy.devices[node].device_id)
     strategy.planner.observe_probe(
         {
-            node: estimated_round_speed(probe, step_flops, steps, round_bytes)
-            for node, probe in probes.items()
+            node: estimated_round_speed(probes[node], step_flops, steps, round_bytes)
+            for node in in_order
         }
     )
     return max((probe.duration_s() for probe in probes.values()), default=0.0)
