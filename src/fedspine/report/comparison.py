@@ -142,8 +142,8 @@ MD_COLUMNS = (
     "mean sparsity",
     "time to target (s)",
     "fedspine speedup",
-    "comm (MB)",
-    "peak train MB by tier",
+    "comm (MiB)",
+    "peak train MiB by tier",
     "inference latency (x unpruned)",
 )
 
