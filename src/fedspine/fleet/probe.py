@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedspine.fleet.clock import RoundConditions, comm_time_s, compute_time_s
+from fedspine.fleet.clock import RoundConditions, compute_time_s
 
 PROBE_BYTES = 64 * 1024  # each way: enough to time a transfer, cheap on a 1 MB/s link
 
@@ -36,9 +36,7 @@ class ProbeResult:
 
 def simulate_probe(step_flops: float, cond: RoundConditions, latency_s: float) -> ProbeResult:
     """The simulated device's measurement under its first round's conditions."""
-    step_s = compute_time_s(step_flops, cond)
-    transfer_s = comm_time_s(PROBE_BYTES, PROBE_BYTES, cond, latency_s) - 2 * latency_s
-    return ProbeResult(step_s, 2 * PROBE_BYTES / transfer_s, latency_s)
+    return ProbeResult(compute_time_s(step_flops, cond), cond.bandwidth_Bps, latency_s)
 
 
 def estimated_round_speed(

@@ -32,10 +32,10 @@ from fedspine.resources import RunResources, load_resources
 NODE_WAIT_S = 120.0
 
 
-def initial_global_lora(res: RunResources, rank: int, aggregation: str) -> GlobalLora:
-    """Seeded LoRA init (A random, B zero) and the new head, shared by every device."""
+def full_peft_model(res: RunResources, rank: int):
+    """The unpruned model with seeded LoRA of `rank` (A random, B zero) and the new head."""
     cfg = res.config
-    peft_model = attach_lora(
+    return attach_lora(
         build_pruned_model(res.base.model, full_kept(res)),
         res.base.adapter,
         rank,
@@ -43,6 +43,12 @@ def initial_global_lora(res: RunResources, rank: int, aggregation: str) -> Globa
         0.0,
         seed=cfg.run.seed,
     )
+
+
+def initial_global_lora(res: RunResources, rank: int, aggregation: str) -> GlobalLora:
+    """Seeded LoRA init (A random, B zero) and the new head, shared by every device."""
+    cfg = res.config
+    peft_model = full_peft_model(res, rank)
     return GlobalLora(
         get_lora_factors(peft_model),
         get_head_state(peft_model),
@@ -96,14 +102,7 @@ def probe_workload(res: RunResources, global_lora: GlobalLora) -> tuple[float, i
     """FLOPs of one local step of the unpruned model and the bytes of a full-rank round trip
     (global LoRA + head, down and up): the typical round a probe is extrapolated to."""
     cfg = res.config
-    peft_model = attach_lora(
-        build_pruned_model(res.base.model, full_kept(res)),
-        res.base.adapter,
-        global_lora.max_rank,
-        cfg.model.lora_alpha_per_rank,
-        0.0,
-        seed=cfg.run.seed,
-    )
+    peft_model = full_peft_model(res, global_lora.max_rank)
     step_flops = training_flops(peft_model, cfg.train.batch_size, cfg.data.max_seq_len)
     tensors = [*global_lora.head.values()]
     tensors += [t for f in global_lora.factors.values() for t in (f.A, f.B)]
