@@ -112,7 +112,9 @@ class BanditSection:
     w_imp: float = 0.5  # reward weight of the LoRA update's norm (relative to the round's max)
     w_time: float = 1.0  # penalty weight of completion time / round median
     time_slack: float = 1.0  # charge only time/median above this (1 = only the slower half pays)
-    probe: bool = True  # shared mode: devices time one step + a transfer at registration
+    probe: bool = True  # devices time one step + a transfer at registration (groups, time model)
+    group_width_log2: float = 0.5  # shared mode: a speed group spans a factor 2**this
+    time_model: bool = True  # predict each arm's time term from measured speeds (time_model.py)
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,7 @@ def validate(config: Config) -> None:
     _check(0.0 <= prune.warmup_share <= 1.0, "pruning.warmup_share must be in [0, 1]")
     _check(bandit.mode in ("shared", "per-device"), "bandit.mode must be shared or per-device")
     _check(bandit.time_slack >= 0.0, "bandit.time_slack must be >= 0")
+    _check(bandit.group_width_log2 > 0.0, "bandit.group_width_log2 must be > 0")
     _check(
         1 <= bandit.rank_min <= bandit.rank_max,
         "bandit.rank_min must be >= 1 and <= bandit.rank_max",

@@ -122,13 +122,19 @@ def compute_reward(
         weights.w_loss * loss_gain
         + weights.w_prune * prune_progress
         + weights.w_imp * importance
-        - weights.w_time * max(0.0, time_ratio - weights.time_slack)
+        - time_penalty(time_ratio, weights)
     )
     return RewardParts(loss_gain, prune_progress, importance, time_ratio, total)
+
+
+def time_penalty(time_ratio: float, weights: RewardWeights) -> float:
+    """The straggler term subtracted from the reward, for a time / median ratio."""
+    capped = min(time_ratio, weights.max_time_ratio)
+    return weights.w_time * max(0.0, capped - weights.time_slack)
 
 
 def failed_reward(weights: RewardWeights) -> RewardParts:
     """Reward of a device that failed its round (OOM, crash, timeout): below any success."""
     time_ratio = weights.max_time_ratio
-    total = -weights.w_time * max(0.0, time_ratio - weights.time_slack) - weights.failure_penalty
+    total = -time_penalty(time_ratio, weights) - weights.failure_penalty
     return RewardParts(0.0, 0.0, 0.0, time_ratio, total, failed=True)

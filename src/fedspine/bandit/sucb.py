@@ -44,6 +44,7 @@ by devices of similar observed speed (our choice, see its docstring and grouping
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -59,6 +60,8 @@ from fedspine.bandit.grouping import (
 from fedspine.errors import ConfigError
 
 RankGrid = Literal["pow2", "int"]
+ArmCost = Callable[[float, int], float]  # (prune ratio, rank) -> known cost of the arm
+COST_DRAWS = 8  # points drawn per leaf when a known cost picks among them
 
 
 @dataclass(frozen=True)
@@ -198,14 +201,30 @@ class SmoothUCB:
         return int(min(max(rank, r_min), r_max)), log2_rank
 
     # ------------------------------------------------------------------ propose
-    def propose(self, p_floor: float = 0.0, p_cap: float | None = None) -> Arm:
-        """Next arm, with p in [p_floor, p_cap] (monotone pruning, final target)."""
+    def propose(
+        self, p_floor: float = 0.0, p_cap: float | None = None, cost: ArmCost | None = None
+    ) -> Arm:
+        """Next arm, with p in [p_floor, p_cap] (monotone pruning, final target).
+
+        ``cost(p, rank)``, when given, is a known part of the arm's value (the predicted
+        straggler penalty, time_model.py) that the tree does not learn: every eligible leaf
+        offers the cheapest of ``COST_DRAWS`` uniform points (its learned value is flat inside
+        it), the largest rank among equally cheap ones (a device whose time costs nothing adds
+        capacity for free), and competes by index minus that cost; among unvisited leaves
+        (index +inf) the cheapest point wins.
+        """
         cap = self._p_hi if p_cap is None else float(p_cap)
         if p_floor > cap + 1e-12:
             raise ValueError(f"p_floor {p_floor} is above p_cap {cap}")
         lo = self._norm_p(min(max(p_floor, self._p_lo), self._p_hi))
         hi = self._norm_p(max(min(cap, self._p_hi), self._p_lo))
+        if cost is not None:
+            return self._propose_with_cost(lo, hi, p_floor, cap, cost)
         leaf = self._cells[self._best_leaf(lo, hi)]
+        return self._arm_at(leaf, lo, hi, p_floor, cap)
+
+    def _arm_at(self, leaf: _Cell, lo: float, hi: float, p_floor: float, cap: float) -> Arm:
+        """A uniform point of the leaf (p inside [lo, hi]) as an arm."""
         p_norm = self._rng.uniform(max(lo, leaf.lo[0]), min(hi, leaf.hi[0]))
         u_norm = self._rng.uniform(leaf.lo[1], leaf.hi[1])
         p = self._p_lo + p_norm * (self._p_hi - self._p_lo)
@@ -213,11 +232,37 @@ class SmoothUCB:
         rank, log2_rank = self._rank_of(u_norm)
         return Arm(prune_ratio=float(p), lora_rank=rank, log2_rank_point=float(log2_rank))
 
-    def _best_leaf(self, lo: float, hi: float) -> int:
-        log_t = math.log1p(self.t)
-        candidates = [
+    def _eligible(self, lo: float, hi: float) -> list[int]:
+        return [
             i for i in self._leaves if self._cells[i].lo[0] <= hi and self._cells[i].hi[0] >= lo
         ]
+
+    def _propose_with_cost(
+        self, lo: float, hi: float, p_floor: float, cap: float, cost: ArmCost
+    ) -> Arm:
+        log_t = math.log1p(self.t)
+        candidates = self._eligible(lo, hi)
+        arms, costs = [], []
+        for i in candidates:  # a leaf's learned value is flat inside it: take its cheapest draw
+            draws = [self._arm_at(self._cells[i], lo, hi, p_floor, cap) for _ in range(COST_DRAWS)]
+            draw_costs = [cost(arm.prune_ratio, arm.lora_rank) for arm in draws]
+            # Cheapest first; at equal cost (a device that is no straggler pays nothing) the
+            # larger rank: capacity the device can add without lengthening the round.
+            cheapest = min(
+                range(len(draws)), key=lambda j: (round(draw_costs[j], 9), -draws[j].lora_rank)
+            )
+            arms.append(draws[cheapest])
+            costs.append(draw_costs[cheapest])
+        costs = np.array(costs)
+        index = np.array([self._index(self._cells[i], log_t) for i in candidates])
+        unvisited = np.isinf(index)
+        scores = np.where(unvisited, -costs, -np.inf) if unvisited.any() else index - costs
+        best = np.flatnonzero(scores == scores.max())
+        return arms[int(self._rng.choice(best))]
+
+    def _best_leaf(self, lo: float, hi: float) -> int:
+        log_t = math.log1p(self.t)
+        candidates = self._eligible(lo, hi)
         scores = np.array([self._index(self._cells[i], log_t) for i in candidates])
         best = np.flatnonzero(scores == scores.max())
         return candidates[int(self._rng.choice(best))]
@@ -423,7 +468,13 @@ class BanditPool:
             own_pulls, group_pulls, self.config["own_after"], self.config["group_after"]
         )
 
-    def propose(self, device_id: Any, p_floor: float = 0.0, p_cap: float | None = None) -> Arm:
+    def propose(
+        self,
+        device_id: Any,
+        p_floor: float = 0.0,
+        p_cap: float | None = None,
+        cost: ArmCost | None = None,
+    ) -> Arm:
         source = self.source_of(device_id)
         if source == "own":
             tree = self._own_tree(device_id)
@@ -431,7 +482,7 @@ class BanditPool:
             tree = self._group_tree(self.group_of(device_id))
         else:
             tree = self._fleet_tree()
-        return tree.propose(p_floor, p_cap)
+        return tree.propose(p_floor, p_cap, cost)
 
     def observe_speed(self, device_id: Any, effective_speed: float) -> None:
         """A speed measured outside a round (registration probe): places the device in a group

@@ -17,7 +17,7 @@ from fedspine import protocol as P
 from fedspine.config import Config, config_to_dict
 from fedspine.evaluation import evaluate_device, final_eval_subset, full_kept, representative
 from fedspine.fleet.cost import training_flops
-from fedspine.fleet.probe import ProbeResult, estimated_round_speed
+from fedspine.fleet.probe import ProbeResult
 from fedspine.flower.strategy import DeviceState, FedspineStrategy
 from fedspine.global_state import GlobalLora
 from fedspine.lora.peft_io import attach_lora, get_head_state, get_lora_factors
@@ -118,14 +118,10 @@ def apply_probes(
 ) -> float:
     """Hand the probed speeds to the planner; return the simulated seconds the probe cost
     (the server waits for the slowest device)."""
-    steps = strategy.res.config.train.local_steps
     # Device-id order, not reply order: the first speed seen centres the speed buckets.
     in_order = sorted(probes, key=lambda node: strategy.devices[node].device_id)
     strategy.planner.observe_probe(
-        {
-            node: estimated_round_speed(probes[node], step_flops, steps, round_bytes)
-            for node in in_order
-        }
+        {node: probes[node] for node in in_order}, step_flops, round_bytes
     )
     return max((probe.duration_s() for probe in probes.values()), default=0.0)
 

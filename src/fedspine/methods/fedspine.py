@@ -6,17 +6,31 @@ steps 8-9): the reward's normalisation and weights (config [bandit]), and in `sh
 devices grouped by observed effective speed share trees (`fedspine.bandit.BanditPool`).
 Beyond the paper, every pruning method's devices also start their importance EMA from the
 fleet-wide pooled scores (`fedspine.pruning.fleet_importance`, `pruning.share_importance`).
+With `bandit.time_model` (default on) the reward's time term is not learned by the trees but
+predicted per device and arm from measured speeds (`fedspine.bandit.time_model`): the trees
+learn the rest of the reward, which is alike for every device, and each proposal weighs its
+candidate arms by what they would cost this device in round time.
 """
 
 from __future__ import annotations
 
 import statistics
 
-from fedspine.bandit.reward import RewardWeights, compute_reward, failed_reward
-from fedspine.bandit.sucb import Arm, BanditPool
+from fedspine.bandit.reward import RewardWeights, compute_reward, failed_reward, time_penalty
+from fedspine.bandit.sucb import Arm, ArmCost, BanditPool
+from fedspine.bandit.time_model import (
+    DeviceSpeed,
+    WorkModel,
+    blend_speed,
+    predicted_time_s,
+    speed_from_report,
+)
 from fedspine.config import Config
+from fedspine.fleet.probe import ProbeResult, estimated_round_speed
 from fedspine.methods.base import Assignment, DeviceView
 from fedspine.methods.planners import sparsity_bounds
+
+SPEED_NEW_WEIGHT = 0.5  # a round's measured speeds vs the device's running estimate
 
 
 class BanditPlanner:
@@ -36,20 +50,57 @@ class BanditPlanner:
             mode,
             (0.0, max(self.final_sparsity, 1e-6)),
             (bandit.rank_min, bandit.rank_max),
+            bucket_width_log2=bandit.group_width_log2,
             tree_options={"c": bandit.exploration, "smoothness": bandit.smoothness},
             seed=config.run.seed,
         )
         # node -> (arm, sparsity before, the tree that proposed the arm)
         self.pending: dict[int, tuple[Arm, float, str]] = {}
-        self.wants_probe = mode == "shared" and bandit.probe  # fedspine.fleet.probe
+        self.wants_probe = bandit.probe  # fedspine.fleet.probe
         self.rounds = config.run.rounds
+        self.local_steps = config.train.local_steps
+        self.max_rank = bandit.rank_max
+        # The time model (time_model.py): per-device speeds, the fleet's work model, and the
+        # last round's median time that a predicted time is compared with.
+        self.time_model = bandit.time_model
+        self.speeds: dict[int, DeviceSpeed] = {}
+        self.work: WorkModel | None = None
+        self.median_time: float | None = None
         self.warmup_share = config.pruning.warmup_share
         self.participation_rate = min(1.0, config.run.clients_per_round / num_devices)
 
-    def observe_probe(self, speeds: dict[int, float]) -> None:
-        """Registration-probe speeds: every device starts in a speed group."""
-        for node, speed in speeds.items():
-            self.pool.observe_speed(node, speed)
+    def observe_probe(
+        self, probes: dict[int, ProbeResult], step_flops: float, round_bytes: int
+    ) -> None:
+        """Registration probes (in device-id order): every device starts in a speed group, and
+        the time model starts from its measured speeds and the full model's workload."""
+        for node, probe in probes.items():
+            self.pool.observe_speed(
+                node, estimated_round_speed(probe, step_flops, self.local_steps, round_bytes)
+            )
+            self.speeds[node] = DeviceSpeed(
+                step_flops / probe.step_s, probe.bandwidth_Bps, probe.latency_s
+            )
+        if self.time_model and probes:
+            self.work = WorkModel(step_flops * self.local_steps, round_bytes, self.max_rank)
+            typical = [
+                predicted_time_s(speed, self.work, 0.0, 0.0, self.max_rank)
+                for speed in self.speeds.values()
+            ]
+            self.median_time = statistics.median(typical)
+
+    def _arm_cost(self, node: int, sparsity_before: float) -> ArmCost | None:
+        """Predicted straggler penalty of an arm for this device (None: nothing to predict)."""
+        speed = self.speeds.get(node)
+        if not self.time_model or speed is None or self.work is None or not self.median_time:
+            return None
+        work, median = self.work, self.median_time
+
+        def cost(prune_ratio: float, rank: int) -> float:
+            seconds = predicted_time_s(speed, work, sparsity_before, prune_ratio, rank)
+            return time_penalty(seconds / median, self.weights)
+
+        return cost
 
     def assign(self, round_num: int, device: DeviceView, final_round: bool) -> Assignment:
         floor, cap = sparsity_bounds(
@@ -61,7 +112,8 @@ class BanditPlanner:
             self.warmup_share,
         )
         source = self.pool.source_of(device.node_id)
-        arm = self.pool.propose(device.node_id, p_floor=floor, p_cap=cap)
+        cost = self._arm_cost(device.node_id, device.sparsity)
+        arm = self.pool.propose(device.node_id, p_floor=floor, p_cap=cap, cost=cost)
         target = self.final_sparsity if final_round else max(arm.prune_ratio, floor)
         self.pending[device.node_id] = (arm, device.sparsity, source)
         return Assignment(arm.lora_rank, min(target, self.final_sparsity))
@@ -84,7 +136,11 @@ class BanditPlanner:
                 if outcome.get("ok") and outcome.get("time_s", 0) > 0
                 else None
             )
-            self.pool.update(node, arm, parts.total, effective_speed=speed)
+            learned = parts.total
+            if self.time_model:  # the tree learns the rest; the time term is predicted
+                learned += time_penalty(parts.time_ratio, self.weights)
+                self._learn_time(node, before, outcome)
+            self.pool.update(node, arm, learned, effective_speed=speed)
             logs.append(
                 {
                     **parts.to_dict(),
@@ -93,7 +149,31 @@ class BanditPlanner:
                     "tree": source,  # the tree that proposed this arm
                 }
             )
+        if times:
+            self.median_time = median_time
         return logs
+
+    def _learn_time(self, node: int, before: float, outcome: dict) -> None:
+        """Fold a finished round into the device's speeds and the fleet's work model."""
+        if not outcome.get("ok"):
+            return
+        moved = outcome.get("bytes_up", 0.0) + outcome.get("bytes_down", 0.0)
+        latency = self.speeds[node].latency_s if node in self.speeds else 0.0
+        measured = speed_from_report(
+            outcome.get("train_flops", 0.0),
+            outcome.get("compute_s", 0.0),
+            outcome.get("time_s", 0.0),
+            moved,
+            latency,
+        )
+        if measured is None:
+            return
+        self.speeds[node] = blend_speed(self.speeds.get(node), measured, SPEED_NEW_WEIGHT)
+        if self.work is None:  # no probe: the first report sizes the prior
+            self.work = WorkModel(outcome["train_flops"], moved, self.max_rank)
+        self.work.add(
+            before, outcome["sparsity"], int(outcome["lora_rank"]), outcome["train_flops"], moved
+        )
 
     def _reward(self, outcome: dict, sparsity_before: float, median_time: float, max_norm: float):
         if not outcome.get("ok"):
