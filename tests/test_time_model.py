@@ -149,3 +149,13 @@ def test_the_tree_learns_the_reward_without_its_predicted_time_term():
     assert root.reward_sum / root.weight == pytest.approx(expected_mean)
     assert planner.speeds[0].bandwidth_Bps < planner.speeds[1].bandwidth_Bps
     assert planner.median_time == pytest.approx(statistics.median([3.0, 0.7]))
+
+
+def test_a_failed_round_keeps_its_whole_penalty_in_the_tree():
+    """Out of memory is not a matter of speed: the tree must learn the full failure reward."""
+    planner = _planner_with_probes({0: 5e6})
+    planner.assign(1, DeviceView(0, 0.0, 0, 0, "x"), False)
+    logs = planner.observe(1, [{"node_id": 0, "ok": False}])
+    root = planner.pool._fleet_tree()._cells[0]
+    assert logs[0]["failed"] and logs[0]["total"] < 0
+    assert root.reward_sum / root.weight == pytest.approx(logs[0]["total"])

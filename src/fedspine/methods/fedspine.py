@@ -137,7 +137,9 @@ class BanditPlanner:
                 else None
             )
             learned = parts.total
-            if self.time_model:  # the tree learns the rest; the time term is predicted
+            if self.time_model and outcome.get("ok"):
+                # The tree learns the rest; the time term is predicted. A failure (out of
+                # memory, crash) keeps its whole penalty: no speed model foresees it.
                 learned += time_penalty(parts.time_ratio, self.weights)
                 self._learn_time(node, before, outcome)
             self.pool.update(node, arm, learned, effective_speed=speed)
@@ -155,8 +157,6 @@ class BanditPlanner:
 
     def _learn_time(self, node: int, before: float, outcome: dict) -> None:
         """Fold a finished round into the device's speeds and the fleet's work model."""
-        if not outcome.get("ok"):
-            return
         moved = outcome.get("bytes_up", 0.0) + outcome.get("bytes_down", 0.0)
         latency = self.speeds[node].latency_s if node in self.speeds else 0.0
         measured = speed_from_report(
