@@ -32,7 +32,7 @@ from fedspine.report.comparison import (
     speedup_of_reference,
 )
 from fedspine.report.record import read_rounds, read_summary
-from fedspine.report.summary import time_to_target
+from fedspine.report.summary import accuracy_at_time, time_to_target
 
 torch.set_num_threads(1)
 
@@ -117,6 +117,21 @@ def test_build_comparison_shares_one_target_and_scores_speedups(tmp_path):
     assert by_method["fedlora"]["speedup_of_fedspine"] == 3.0
     assert comparison["complete"] and comparison["accuracy_definition"] == "device mean"
     json.dumps(comparison, default=str)
+
+
+def test_accuracy_at_common_time_reads_each_curve_at_the_shortest_run_end(tmp_path):
+    """Runs of the same rounds end at different simulated times; the common time is the
+    shortest run's, and each method is read at the last round it finished by then."""
+    runs = _hand_runs(tmp_path)
+    for _, summary, rows in runs.values():
+        summary["sim_time_s"] = rows[-1]["sim_time_s"]
+    comparison = build_comparison(runs, 0.95)
+    assert comparison["common_time_s"] == 20.0
+    by_method = {m["method"]: m for m in comparison["methods"]}
+    assert by_method["fedspine"]["accuracy_at_common_time"] == 0.86
+    assert by_method["fedlora"]["accuracy_at_common_time"] == 0.5  # its round at 15 s
+    assert accuracy_at_time([_row(15.0, 0.5)], 10.0) is None  # nothing finished by then
+    assert "| 86.0% |" in format_markdown(comparison)
 
 
 def test_speedup_is_null_without_fedspine_or_when_it_never_reaches(tmp_path):

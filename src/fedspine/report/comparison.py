@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedspine.report.record import write_json_atomic, write_text_atomic
-from fedspine.report.summary import time_to_target
+from fedspine.report.summary import accuracy_at_time, time_to_target
 
 COMPARISON_JSON = "comparison.json"
 COMPARISON_MD = "comparison.md"
@@ -24,6 +24,12 @@ TIME_TO_TARGET_DEFINITION = (
     "time_to_target_s: simulated time of the first round whose per-round accuracy reaches the "
     "shared target (target_share x the best final_accuracy among the compared methods); "
     "speedup_of_fedspine: a method's time_to_target_s / fedspine's."
+)
+COMMON_TIME_DEFINITION = (
+    "accuracy_at_common_time: per-round accuracy of the last round each method finished by "
+    "common_time_s, the simulated length of the shortest run (every method runs the same "
+    "number of rounds, so a method with shorter rounds stops earlier; this compares the "
+    "curves at one time)."
 )
 
 
@@ -78,6 +84,7 @@ def method_entry(
         "mean_sparsity": summary["mean_sparsity"],
         "time_to_target_s": None if target is None else time_to_target(rows, target),
         "speedup_of_fedspine": None,  # filled once every row's time is known
+        "accuracy_at_common_time": None,  # filled once every run's length is known
         "comm_bytes": summary["comm_bytes"],
         "peak_train_memory_mb_by_tier": peak_train_memory_by_tier(rows),
         "inference_latency_ratio": latency.get("ratio"),
@@ -103,6 +110,9 @@ def build_comparison(
         method_entry(run_dir, summary, rows, target, latencies.get(method))
         for method, (run_dir, summary, rows) in runs.items()
     ]
+    common_time = min((s["sim_time_s"] for _, s, _ in runs.values()), default=None)
+    for entry, (_, _, rows) in zip(entries, runs.values(), strict=True):
+        entry["accuracy_at_common_time"] = accuracy_at_time(rows, common_time)
     by_method = {e["method"]: e for e in entries}
     reference = by_method.get(REFERENCE_METHOD, {}).get("time_to_target_s")
     for entry in entries:
@@ -119,6 +129,8 @@ def build_comparison(
         "pending_methods": pending,
         "accuracy_definition": first[1].get("accuracy_definition") if first else None,
         "time_to_target_definition": TIME_TO_TARGET_DEFINITION,
+        "common_time_s": common_time,
+        "common_time_definition": COMMON_TIME_DEFINITION,
         "methods": entries,
     }
 
@@ -142,6 +154,7 @@ MD_COLUMNS = (
     "mean sparsity",
     "time to target (s)",
     "fedspine speedup",
+    "acc at common time",
     "comm (MiB)",
     "peak train MiB by tier",
     "inference latency (x unpruned)",
@@ -156,6 +169,7 @@ def markdown_row(entry: dict, latency_missing: str) -> str:
         _pct(entry["mean_sparsity"]),
         _num(entry["time_to_target_s"], ".0f", "not reached"),
         _num(entry["speedup_of_fedspine"], ".2f") + ("x" if entry["speedup_of_fedspine"] else ""),
+        _pct(entry.get("accuracy_at_common_time")),
         f"{entry['comm_bytes'] / 2**20:.1f}",
         _memory(entry["peak_train_memory_mb_by_tier"]),
         _num(entry["inference_latency_ratio"], ".3f", latency_missing),
@@ -178,6 +192,9 @@ def format_markdown(comparison: dict) -> str:
         "the same bar for every method).",
         "",
         TIME_TO_TARGET_DEFINITION,
+        "",
+        f"Common time: {_num(comparison.get('common_time_s'), '.1f')} s simulated. "
+        + COMMON_TIME_DEFINITION,
         "",
         f"Accuracy: {comparison['accuracy_definition']}",
     ]

@@ -26,6 +26,12 @@ def time_to_target(rows: list[dict], target: float) -> float | None:
     return None
 
 
+def accuracy_at_time(rows: list[dict], time_s: float) -> float | None:
+    """Per-round accuracy of the last round finished by simulated time `time_s` (None: none)."""
+    reached = [r for r in rows if r.get("accuracy") is not None and r["sim_time_s"] <= time_s]
+    return reached[-1]["accuracy"] if reached else None
+
+
 def framework_overhead_share(rows: list[dict], workers: int) -> dict[str, float | None]:
     """Where round wall time goes, as shares of the summed round wall time.
 
