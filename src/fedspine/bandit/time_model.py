@@ -26,7 +26,6 @@ prediction is sensible from the first round and follows the data after a few rep
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,6 +147,3 @@ def predicted_time_s(
     """Compute + transfer + one latency each way, as the clock charges a round."""
     flops, moved = work.predict(before, after, rank)
     return flops / speed.flops_per_s + moved / speed.bandwidth_Bps + 2 * speed.latency_s
-
-
-ArmCost = Callable[[float, int], float]
