@@ -48,7 +48,7 @@ def replay(overrides: list[str], seed: int) -> list[dict]:
     rounds, steps = config.run.rounds, config.train.local_steps
     planner = BanditPlanner(config, config.bandit.mode, len(fleet))
     rng = np.random.default_rng(seed + 1000)
-    round_bytes = int(2 * 8 * 2 * BYTES_PER_RANK)
+    round_bytes = int(2 * config.bandit.rank_max * BYTES_PER_RANK)  # full rank, both ways
     if planner.wants_probe:
         probes = {
             profile.device_id: simulate_probe(

@@ -89,17 +89,21 @@ class RidgeFit:
         self._penalty = prior_weight * np.diag(np.asarray(typical, dtype=float) ** 2)
         self._xtx = np.zeros((len(prior), len(prior)))
         self._xty = np.zeros(len(prior))
-        self.samples = 0
+        self._coef: np.ndarray | None = None  # solved once per change, not per prediction
 
     def add(self, features: list[float], y: float) -> None:
         x = np.asarray(features, dtype=float)
         self._xtx += np.outer(x, x)
         self._xty += x * y
-        self.samples += 1
+        self._coef = None
 
     def coef(self) -> np.ndarray:
         """(X'X + P) coef = X'y + P prior."""
-        return np.linalg.solve(self._xtx + self._penalty, self._xty + self._penalty @ self.prior)
+        if self._coef is None:
+            self._coef = np.linalg.solve(
+                self._xtx + self._penalty, self._xty + self._penalty @ self.prior
+            )
+        return self._coef
 
 
 TYPICAL_SPARSITY = 0.25  # features are centred here, so intercept and slope fit apart
