@@ -159,3 +159,27 @@ def test_a_failed_round_keeps_its_whole_penalty_in_the_tree():
     root = planner.pool._fleet_tree()._cells[0]
     assert logs[0]["failed"] and logs[0]["total"] < 0
     assert root.reward_sum / root.weight == pytest.approx(logs[0]["total"])
+
+
+def test_without_a_probe_the_first_report_sizes_the_work_prior_per_rank():
+    """A rank-2 first report must not be read as a full-rank payload."""
+    planner = BanditPlanner(Config(), "per-device", num_devices=1)
+    arm = planner.assign(1, DeviceView(0, 0.0, 0, 0, "x"), False)
+    moved = 200_000 * 2  # the device used rank 2: 200 KB per rank unit, both ways
+    outcome = {
+        "node_id": 0,
+        "ok": True,
+        "time_s": 2.0,
+        "compute_s": 1.0,
+        "train_flops": 3.6e11,
+        "bytes_up": moved // 2,
+        "bytes_down": moved // 2,
+        "lora_rank": 2,
+        "loss_before": 1.0,
+        "loss_after": 0.5,
+        "sparsity": arm.target_sparsity,
+        "update_norm": 1.0,
+    }
+    planner.observe(1, [outcome])
+    _, bytes_at_max = planner.work.predict(0.25, 0.25, planner.max_rank)
+    assert bytes_at_max == pytest.approx(200_000 * planner.max_rank, rel=0.15)

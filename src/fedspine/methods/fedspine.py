@@ -169,11 +169,12 @@ class BanditPlanner:
         if measured is None:
             return
         self.speeds[node] = blend_speed(self.speeds.get(node), measured, SPEED_NEW_WEIGHT)
-        if self.work is None:  # no probe: the first report sizes the prior
-            self.work = WorkModel(outcome["train_flops"], moved, self.max_rank)
-        self.work.add(
-            before, outcome["sparsity"], int(outcome["lora_rank"]), outcome["train_flops"], moved
-        )
+        rank = int(outcome["lora_rank"])
+        if self.work is None:  # no probe: the first report, scaled to full rank, is the prior
+            self.work = WorkModel(
+                outcome["train_flops"], moved * self.max_rank / rank, self.max_rank
+            )
+        self.work.add(before, outcome["sparsity"], rank, outcome["train_flops"], moved)
 
     def _reward(self, outcome: dict, sparsity_before: float, median_time: float, max_norm: float):
         if not outcome.get("ok"):
