@@ -142,10 +142,21 @@ def compare(
         float,
         typer.Option(help="time-to-target bar: this share of the best final accuracy"),
     ] = 0.95,
+    time_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--time-budget",
+            help="simulated seconds every method trains to (at least run.rounds rounds, then on "
+            "until the clock reaches it), the paper's time-to-accuracy setting; same as "
+            "--set run.time_budget_s=S; 0 = fixed rounds (default)",
+        ),
+    ] = None,
 ) -> None:
     """Run several methods with the identical config and seeds, then compare them.
 
-    Writes comparison.json, .md and .png into OUT, rewritten after every method.
+    Writes comparison.json, .md and .png into OUT, rewritten after every method. With a fixed
+    number of rounds a method with cheaper rounds stops earlier in simulated time; --time-budget
+    gives every method the same simulated time instead.
     """
     from rich.markup import escape
 
@@ -154,7 +165,9 @@ def compare(
     from fedspine.report.progress import RichProgress
 
     names = parse_methods(methods)
-    cfg = _config(preset, config, set_, [f"run.seed={seed}"] if seed is not None else [])
+    extra = [f"run.seed={seed}"] if seed is not None else []
+    extra += [f"run.time_budget_s={time_budget}"] if time_budget is not None else []
+    cfg = _config(preset, config, set_, extra)
     out_dir = out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-compare"
     result = run_compare(
         cfg,

@@ -181,6 +181,7 @@ def run_compare(
     latency = latency or LatencySetup()
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, tuple[Path, dict, list[dict]]] = {}
+    budget = config.run.time_budget_s
     for index, method in enumerate(names, start=1):
         method_cfg, run_dir = method_config(config, method), out / method
         if is_finished_run(run_dir):
@@ -190,10 +191,11 @@ def run_compare(
             say(f"[{index}/{len(names)}] {method}")
             _run_one(method_cfg, run_dir, make_progress)
         runs[method] = load_run(run_dir)
-        partial = build_comparison(runs, target_share, pending=names[index:])
+        partial = build_comparison(runs, target_share, pending=names[index:], time_budget_s=budget)
         write_comparison(out, partial, {m: r[2] for m, r in runs.items()})
     say("measuring inference latency of each method's median-sparsity device")
-    comparison = build_comparison(runs, target_share, measure_latency_ratios(config, runs, latency))
+    latencies = measure_latency_ratios(config, runs, latency)
+    comparison = build_comparison(runs, target_share, latencies, time_budget_s=budget)
     comparison["latency_setup"] = dataclasses.asdict(latency)
     write_comparison(out, comparison, {m: r[2] for m, r in runs.items()})
     return comparison

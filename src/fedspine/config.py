@@ -8,6 +8,7 @@ then `validate` checks ranges so that the rest of the code can trust the values.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -33,9 +34,18 @@ METHODS = (
 class RunSection:
     method: str = "fedspine"  # one of METHODS
     seed: int = 0  # seeds data split, partition, fleet, sampling, LoRA init and the bandit
-    rounds: int = 12  # federated rounds
+    rounds: int = 12  # federated rounds (the pruning schedule's horizon)
+    time_budget_s: float = 0.0  # >0: keep training past `rounds` until the simulated clock hits it
+    max_rounds: int = 0  # cap on rounds under a time budget (0 = 3 x rounds)
     clients_per_round: int = 8  # devices sampled each round (capped at num_devices)
     workers: int = 2  # parallel simulated clients (one CPU thread each)
+
+    @property
+    def round_limit(self) -> int:
+        """Most rounds a run may train: `rounds`, or under a time budget `max_rounds`."""
+        if self.time_budget_s <= 0:
+            return self.rounds
+        return self.max_rounds or 3 * self.rounds
 
 
 @dataclass(frozen=True)
@@ -278,6 +288,14 @@ def validate(config: Config) -> None:
     )
     _check(run.method in METHODS, f"run.method {run.method!r} is not one of: {', '.join(METHODS)}")
     _check(run.rounds >= 1, "run.rounds must be >= 1")
+    _check(
+        math.isfinite(run.time_budget_s) and run.time_budget_s >= 0,
+        "run.time_budget_s must be a simulated time in seconds >= 0 (0 = no budget)",
+    )
+    _check(
+        run.max_rounds == 0 or run.max_rounds >= run.rounds,
+        "run.max_rounds must be 0 (= 3 x run.rounds) or >= run.rounds",
+    )
     _check(run.clients_per_round >= 1, "run.clients_per_round must be >= 1")
     _check(1 <= run.workers <= 64, "run.workers must be between 1 and 64")
     _check(config.fleet.num_devices >= 1, "fleet.num_devices must be >= 1")

@@ -9,6 +9,7 @@ import json
 import resource
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
@@ -267,20 +268,30 @@ def run_federation(
     clock = {"sim": 0.0, "wall": 0.0}
     probe_s = apply_probes(strategy, probes, step_flops, round_bytes) if probing else 0.0
     clock["sim"] = probe_s  # the probe's simulated cost opens the run's clock
-    progress.start_rounds(config.run.rounds + int(method.prunes))
-    rows = []
-    for round_num in range(1, config.run.rounds + 1):
-        messages = strategy.configure_train(round_num, None, None, grid)
-        rows.append(run_round(grid, strategy, messages, round_num, clock, progress))
-        if round_num == 1 and probing:
-            rows[-1]["probe_sim_s"] = probe_s
+    progress.start_rounds(config.run.round_limit + int(method.prunes))
+    rows: list[dict] = []
+
+    def train_round(round_num: int, messages: Iterable[Message], **marks: Any) -> None:
+        rows.append(run_round(grid, strategy, messages, round_num, clock, progress) | marks)
         run_dir.append_round(rows[-1])
+
+    for round_num in range(1, config.run.rounds + 1):
+        marks = {"probe_sim_s": probe_s} if round_num == 1 and probing else {}
+        train_round(round_num, strategy.configure_train(round_num, None, None, grid), **marks)
+    round_num = config.run.rounds + 1
     if method.prunes:
-        final = final_round(grid, strategy, config.run.rounds + 1)
+        final = final_round(grid, strategy, round_num)
         if final:
-            rows.append(run_round(grid, strategy, final, config.run.rounds + 1, clock, progress))
-            rows[-1]["final_round"] = True
-            run_dir.append_round(rows[-1])
+            train_round(round_num, final, final_round=True)
+            round_num += 1
+    # Under a time budget every method trains on until the simulated clock reaches it, so
+    # methods with shorter rounds get more of them (the paper's time-to-accuracy setting);
+    # pruning methods are all at the target by now and keep tuning the pruned models.
+    for _ in range(config.run.rounds, config.run.round_limit):
+        if clock["sim"] >= config.run.time_budget_s:
+            break
+        train_round(round_num, strategy.configure_train(round_num, None, None, grid))
+        round_num += 1
     progress.phase("evaluating every device's final model")
     devices = final_device_scores(res, strategy)
     global_scores = evaluate_device(res, strategy.global_lora, full_kept(res), res.test)

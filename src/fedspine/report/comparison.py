@@ -27,10 +27,20 @@ TIME_TO_TARGET_DEFINITION = (
 )
 COMMON_TIME_DEFINITION = (
     "accuracy_at_common_time: per-round accuracy of the last round each method finished by "
-    "common_time_s, the simulated length of the shortest run (every method runs the same "
-    "number of rounds, so a method with shorter rounds stops earlier; this compares the "
-    "curves at one time)."
+    "common_time_s, the simulated length of the shortest run (with a fixed number of rounds a "
+    "method with shorter rounds stops earlier; this compares the curves at one time)."
 )
+
+
+def budget_line(time_budget_s: float) -> str:
+    """How long the methods trained: a fixed number of rounds, or to one simulated time."""
+    if time_budget_s > 0:
+        return (
+            f"Time budget: every method trained at least run.rounds rounds and then on until "
+            f"the simulated clock reached {time_budget_s:g} s (a round that starts before the "
+            "budget finishes), so methods with shorter rounds ran more of them."
+        )
+    return "Fixed rounds: every method ran run.rounds rounds (no time budget)."
 
 
 def shared_target(final_accuracies: Iterable[float | None], share: float) -> float | None:
@@ -102,6 +112,7 @@ def build_comparison(
     target_share: float = DEFAULT_TARGET_SHARE,
     latencies: dict[str, dict] | None = None,
     pending: Iterable[str] = (),
+    time_budget_s: float = 0.0,
 ) -> dict[str, Any]:
     """comparison.json's content from `{method: (run_dir, summary, rounds)}`, in that order."""
     latencies = latencies or {}
@@ -127,6 +138,7 @@ def build_comparison(
         "target_share": target_share,
         "complete": not pending,
         "pending_methods": pending,
+        "time_budget_s": time_budget_s,
         "accuracy_definition": first[1].get("accuracy_definition") if first else None,
         "time_to_target_definition": TIME_TO_TARGET_DEFINITION,
         "common_time_s": common_time,
@@ -155,6 +167,8 @@ MD_COLUMNS = (
     "time to target (s)",
     "fedspine speedup",
     "acc at common time",
+    "rounds",
+    "sim time (s)",
     "comm (MiB)",
     "peak train MiB by tier",
     "inference latency (x unpruned)",
@@ -170,6 +184,8 @@ def markdown_row(entry: dict, latency_missing: str) -> str:
         _num(entry["time_to_target_s"], ".0f", "not reached"),
         _num(entry["speedup_of_fedspine"], ".2f") + ("x" if entry["speedup_of_fedspine"] else ""),
         _pct(entry.get("accuracy_at_common_time")),
+        str(entry["rounds"]),
+        _num(entry["sim_time_s"], ".1f"),
         f"{entry['comm_bytes'] / 2**20:.1f}",
         _memory(entry["peak_train_memory_mb_by_tier"]),
         _num(entry["inference_latency_ratio"], ".3f", latency_missing),
@@ -190,6 +206,8 @@ def format_markdown(comparison: dict) -> str:
         f"Target accuracy: {_pct(comparison['target_accuracy'])} "
         f"(= {comparison['target_share']:g} x the best final accuracy among these methods; "
         "the same bar for every method).",
+        "",
+        budget_line(comparison.get("time_budget_s", 0.0)),
         "",
         TIME_TO_TARGET_DEFINITION,
         "",
