@@ -151,6 +151,16 @@ def test_markdown_has_one_row_per_method_and_states_the_target(tmp_path):
     assert "pending" in text and "hetlora" in text and not comparison["complete"]
 
 
+def test_markdown_states_the_time_budget_and_each_runs_length(tmp_path):
+    fixed = build_comparison(_hand_runs(tmp_path), 0.95)
+    assert fixed["time_budget_s"] == 0.0 and "Fixed rounds" in format_markdown(fixed)
+    budgeted = build_comparison(_hand_runs(tmp_path), 0.95, time_budget_s=60.0)
+    text = format_markdown(budgeted)
+    assert budgeted["time_budget_s"] == 60.0 and "reached 60 s" in text
+    row = next(line for line in text.splitlines() if line.startswith("| fedspine"))
+    assert "| 3 |" in row  # the rounds column (the hand summary's 3 rounds)
+
+
 def test_default_methods_are_all_of_the_registry_with_fedspine_first():
     assert parse_methods(None) == list(DEFAULT_METHODS)
     assert DEFAULT_METHODS[0] == "fedspine" and set(DEFAULT_METHODS) == set(METHODS)

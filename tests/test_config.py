@@ -54,11 +54,22 @@ def test_round_trip_through_dict_and_toml():
         (["run.nokey=1"], "unknown key run.nokey"),
         (["rounds=3"], "section.key=value"),
         (["fleet.tiers=tx2:fast:8:3"], "name:TFLOPs:GB:count"),
+        (["run.time_budget_s=-1"], "run.time_budget_s"),
+        (["run.time_budget_s=nan"], "run.time_budget_s"),
+        (["run.time_budget_s=30", "run.max_rounds=2"], "run.max_rounds"),
     ],
 )
 def test_bad_values_name_the_key(overrides, fragment):
     with pytest.raises(ConfigError, match=fragment):
         load_config("smoke", overrides=overrides)
+
+
+def test_round_limit_is_rounds_without_a_budget_and_the_cap_with_one():
+    assert load_config("smoke").run.round_limit == 4
+    assert load_config("smoke", overrides=["run.max_rounds=9"]).run.round_limit == 4
+    assert load_config("smoke", overrides=["run.time_budget_s=30"]).run.round_limit == 12
+    budget = ["run.time_budget_s=30", "run.max_rounds=9"]
+    assert load_config("smoke", overrides=budget).run.round_limit == 9
 
 
 def test_bad_files_and_presets(tmp_path):

@@ -72,10 +72,15 @@ def test_summary_fields(fedlora_run):
     json.dumps(summary)
 
 
+# A budget no smoke run reaches, capped one round past run.rounds: exercises the time-budget
+# rounds that follow the final round.
+FEDSPINE_SMOKE = ["run.method=fedspine", "run.time_budget_s=1000", "run.max_rounds=5"]
+
+
 @pytest.fixture(scope="module")
 def fedspine_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "fedspine"
-    return simulate(load_config("smoke", overrides=["run.method=fedspine"]), out)
+    return simulate(load_config("smoke", overrides=FEDSPINE_SMOKE), out)
 
 
 def test_fedspine_prunes_every_device_to_target_and_still_learns(fedspine_run):
@@ -102,6 +107,24 @@ def test_fedspine_logs_bandit_choices_and_rewards(fedspine_run):
             sparsity_by_device[p["device"]] = p["prune_ratio"]
 
 
+def test_time_budget_rounds_follow_the_final_round_at_the_target(fedspine_run):
+    config = load_config("smoke", overrides=FEDSPINE_SMOKE)
+    rows = read_rounds(fedspine_run)
+    finals = [i for i, r in enumerate(rows) if r.get("final_round")]
+    # run.rounds scheduled rounds, the final round, then max_rounds - rounds budget rounds
+    assert finals == [config.run.rounds]
+    extra = rows[finals[0] + 1 :]
+    assert len(extra) == config.run.max_rounds - config.run.rounds
+    assert [r["round"] for r in rows] == list(range(1, len(rows) + 1))
+    times = [r["sim_time_s"] for r in rows]
+    assert times == sorted(times) and times[-1] > times[finals[0]]
+    target = config.pruning.target_sparsity
+    for row in extra:  # every device is at the target: these rounds tune the pruned models
+        assert row["participants"] and all(p["ok"] for p in row["participants"])
+        assert all(p["prune_ratio"] == pytest.approx(target, abs=0.02) for p in row["participants"])
+    assert read_summary(fedspine_run)["rounds"] == len(rows)
+
+
 def test_exported_device_model_matches_its_structure(fedspine_run, tmp_path):
     import fedspine
     from fedspine.export_device import export_device
@@ -115,7 +138,7 @@ def test_exported_device_model_matches_its_structure(fedspine_run, tmp_path):
 
 def test_one_seed_gives_one_run(fedspine_run, tmp_path):
     """Flower's node ids and reply order vary between runs; the record must not."""
-    again = simulate(load_config("smoke", overrides=["run.method=fedspine"]), tmp_path / "again")
+    again = simulate(load_config("smoke", overrides=FEDSPINE_SMOKE), tmp_path / "again")
 
     def trace(run_dir):
         return [
