@@ -78,6 +78,7 @@ class TrainSection:
     batch_size: int = 8
     learning_rate: float = 1e-3  # LoRA factors
     head_learning_rate: float = 2e-3  # the new classification head
+    lr_decay: float = 1.0  # both rates x this per round after the first (1 = constant)
     weight_decay: float = 0.0
 
 
@@ -307,6 +308,7 @@ def validate(config: Config) -> None:
     _check(train.local_steps >= 1, "train.local_steps must be >= 1")
     _check(train.batch_size >= 1, "train.batch_size must be >= 1")
     _check(0 < train.learning_rate < 1, "train.learning_rate must be in (0, 1)")
+    _check(0 < train.lr_decay <= 1, "train.lr_decay must be in (0, 1] (1 = no decay)")
     _check(0.0 <= prune.target_sparsity < 1.0, "pruning.target_sparsity must be in [0, 1)")
     _check(prune.prune_interval >= 1, "pruning.prune_interval must be >= 1")
     _check(

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fedspine.config import TrainSection
 from fedspine.fleet.clock import conditions_at, round_time_s
 from fedspine.fleet.cost import exceeds_budget, training_flops, training_memory_bytes
 from fedspine.fleet.profiles import DeviceProfile
@@ -35,7 +36,7 @@ from fedspine.pruning import (
 )
 from fedspine.pruning.fleet_importance import scores_to_tensors
 from fedspine.resources import RunResources
-from fedspine.train import make_optimizer, train_local
+from fedspine.train import make_optimizer, round_lr_scale, train_local
 
 
 @dataclass(frozen=True)
@@ -140,8 +141,7 @@ def run_device_round(
         pruner.one_shot()
     pruner.optimizer = make_optimizer(
         peft_model,
-        cfg.train.learning_rate,
-        cfg.train.head_learning_rate,
+        *round_learning_rates(cfg.train, plan.round_num),
         cfg.train.weight_decay,
         res.base.adapter.task_head_modules(),
     )
@@ -219,6 +219,12 @@ def _round_metrics(
         "param_sparsity": report["non_embedding_params_removed"],
         "params": report["params"],
     }
+
+
+def round_learning_rates(train: TrainSection, round_num: int) -> tuple[float, float]:
+    """(LoRA lr, head lr) of this round, after the per-round decay."""
+    scale = round_lr_scale(train.lr_decay, round_num)
+    return train.learning_rate * scale, train.head_learning_rate * scale
 
 
 class _Pruner:
@@ -299,8 +305,7 @@ class _Pruner:
         cfg = self.res.config
         fresh = make_optimizer(
             self.model,
-            cfg.train.learning_rate,
-            cfg.train.head_learning_rate,
+            *round_learning_rates(cfg.train, self.plan.round_num),
             cfg.train.weight_decay,
             self.adapter.task_head_modules(),
         )

@@ -162,6 +162,7 @@ def _memory(by_tier: dict[str, float]) -> str:
 MD_COLUMNS = (
     "method",
     "final acc",
+    "global acc",
     "spread",
     "mean sparsity",
     "time to target (s)",
@@ -179,6 +180,7 @@ def markdown_row(entry: dict, latency_missing: str) -> str:
     cells = (
         entry["method"],
         _pct(entry["final_accuracy"]),
+        _pct(entry.get("global_accuracy")),
         _pct(entry["accuracy_spread"]),
         _pct(entry["mean_sparsity"]),
         _num(entry["time_to_target_s"], ".0f", "not reached"),
