@@ -55,6 +55,8 @@ def test_round_trip_through_dict_and_toml():
         (["rounds=3"], "section.key=value"),
         (["fleet.tiers=tx2:fast:8:3"], "name:TFLOPs:GB:count"),
         (["run.time_budget_s=-1"], "run.time_budget_s"),
+        (["train.lr_decay=0"], "train.lr_decay"),
+        (["train.lr_decay=1.5"], "train.lr_decay"),
         (["run.time_budget_s=nan"], "run.time_budget_s"),
         (["run.time_budget_s=30", "run.max_rounds=2"], "run.max_rounds"),
     ],

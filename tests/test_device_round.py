@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from fedspine.config import load_config
-from fedspine.device_round import DevicePlan, prune_points, run_device_round, sparsity_schedule
+from fedspine.device_round import (
+    DevicePlan,
+    prune_points,
+    round_learning_rates,
+    run_device_round,
+    sparsity_schedule,
+)
 from fedspine.evaluation import full_kept
 from fedspine.pruning import module_kept_indices
 from fedspine.resources import build_resources
@@ -13,6 +19,16 @@ from fedspine.resources import build_resources
 @pytest.fixture(scope="module")
 def res():
     return build_resources(load_config("smoke", overrides=["train.local_steps=6"]))
+
+
+def test_learning_rates_decay_per_round_from_the_first():
+    train = load_config("smoke", overrides=["train.lr_decay=0.5"]).train
+    assert round_learning_rates(train, 1) == (train.learning_rate, train.head_learning_rate)
+    lora_lr, head_lr = round_learning_rates(train, 3)
+    assert lora_lr == pytest.approx(train.learning_rate / 4)
+    assert head_lr == pytest.approx(train.head_learning_rate / 4)
+    constant = load_config("smoke").train  # lr_decay 1.0: every round the same
+    assert round_learning_rates(constant, 30) == round_learning_rates(constant, 1)
 
 
 def test_prune_points_leave_recovery_steps():
