@@ -32,7 +32,7 @@ from fedspine.report.comparison import (
     speedup_of_reference,
 )
 from fedspine.report.record import read_rounds, read_summary
-from fedspine.report.summary import accuracy_at_time, time_to_target
+from fedspine.report.summary import accuracy_at_time, time_to_smoothed_target, time_to_target
 
 torch.set_num_threads(1)
 
@@ -76,6 +76,18 @@ def test_time_to_target_is_first_round_at_or_above_the_bar():
     assert time_to_target(rows, 0.95) is None
 
 
+def test_smoothed_time_to_target_needs_three_rounds_whose_mean_reaches_the_bar():
+    # one lucky round crosses 0.9 at 20 s; the trailing 3-round mean first does at 70 s
+    rows = [_row(10.0, 0.7), _row(20.0, 0.95), _row(30.0, 0.7), _row(40.0, None)]
+    rows += [_row(50.0, 0.9), _row(60.0, 0.92), _row(70.0, 0.95)]
+    assert time_to_target(rows, 0.9) == 20.0
+    # unscored rounds are skipped: (0.7 + 0.9 + 0.92) / 3 < 0.9 at 60 s; (0.9+0.92+0.95)/3 >= 0.9
+    assert time_to_smoothed_target(rows, 0.9) == 70.0
+    assert time_to_smoothed_target(rows, 0.85) == 50.0  # mean 0.85 over 20, 30 and 50 s
+    assert time_to_smoothed_target(rows[:2], 0.5) is None  # fewer than 3 scored rounds
+    assert time_to_smoothed_target(rows, 0.8, window=1) == time_to_target(rows, 0.8)
+
+
 def test_speedup_is_method_time_over_reference_time():
     assert speedup_of_reference(30.0, 10.0) == 3.0
     assert speedup_of_reference(10.0, 10.0) == 1.0
@@ -115,6 +127,8 @@ def test_build_comparison_shares_one_target_and_scores_speedups(tmp_path):
     assert by_method["fedlora"]["time_to_target_s"] == 60.0
     assert by_method["fedspine"]["speedup_of_fedspine"] == 1.0
     assert by_method["fedlora"]["speedup_of_fedspine"] == 3.0
+    assert by_method["fedspine"]["time_to_smoothed_target_s"] is None  # only 2 rounds
+    assert by_method["fedlora"]["smoothed_speedup_of_fedspine"] is None
     assert comparison["complete"] and comparison["accuracy_definition"] == "device mean"
     json.dumps(comparison, default=str)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedspine.report.record import write_json_atomic, write_text_atomic
-from fedspine.report.summary import accuracy_at_time, time_to_target
+from fedspine.report.summary import accuracy_at_time, time_to_smoothed_target, time_to_target
 
 COMPARISON_JSON = "comparison.json"
 COMPARISON_MD = "comparison.md"
@@ -23,7 +23,9 @@ REFERENCE_METHOD = "fedspine"
 TIME_TO_TARGET_DEFINITION = (
     "time_to_target_s: simulated time of the first round whose per-round accuracy reaches the "
     "shared target (target_share x the best final_accuracy among the compared methods); "
-    "speedup_of_fedspine: a method's time_to_target_s / fedspine's."
+    "speedup_of_fedspine: a method's time_to_target_s / fedspine's; time_to_smoothed_target_s "
+    "and smoothed_speedup_of_fedspine: the same with the mean of the last 3 per-round "
+    "accuracies in place of one round's (less sensitive to one lucky round)."
 )
 COMMON_TIME_DEFINITION = (
     "accuracy_at_common_time: per-round accuracy of the last round each method finished by "
@@ -86,6 +88,7 @@ def method_entry(
 ) -> dict[str, Any]:
     """One method's row: its summary figures, re-scored against the shared target."""
     latency = latency or {}
+    smoothed = None if target is None else time_to_smoothed_target(rows, target)
     return {
         "method": summary["method"],
         "final_accuracy": summary["final_accuracy"],
@@ -94,6 +97,8 @@ def method_entry(
         "mean_sparsity": summary["mean_sparsity"],
         "time_to_target_s": None if target is None else time_to_target(rows, target),
         "speedup_of_fedspine": None,  # filled once every row's time is known
+        "time_to_smoothed_target_s": smoothed,
+        "smoothed_speedup_of_fedspine": None,
         "accuracy_at_common_time": None,  # filled once every run's length is known
         "comm_bytes": summary["comm_bytes"],
         "peak_train_memory_mb_by_tier": peak_train_memory_by_tier(rows),
@@ -125,12 +130,14 @@ def build_comparison(
     for entry, (_, _, rows) in zip(entries, runs.values(), strict=True):
         entry["accuracy_at_common_time"] = accuracy_at_time(rows, common_time)
     by_method = {e["method"]: e for e in entries}
-    reference = by_method.get(REFERENCE_METHOD, {}).get("time_to_target_s")
+    reference = by_method.get(REFERENCE_METHOD, {})
     for entry in entries:
-        if REFERENCE_METHOD in by_method:
-            entry["speedup_of_fedspine"] = speedup_of_reference(
-                entry["time_to_target_s"], reference
-            )
+        if reference:
+            for speedup, time_key in (
+                ("speedup_of_fedspine", "time_to_target_s"),
+                ("smoothed_speedup_of_fedspine", "time_to_smoothed_target_s"),
+            ):
+                entry[speedup] = speedup_of_reference(entry[time_key], reference[time_key])
     first = next(iter(runs.values()), None)
     pending = list(pending)
     return {
@@ -155,6 +162,10 @@ def _num(value: float | None, fmt: str, missing: str = "n/a") -> str:
     return missing if value is None else format(value, fmt)
 
 
+def _speedup(value: float | None) -> str:
+    return _num(value, ".2f") + ("x" if value else "")
+
+
 def _memory(by_tier: dict[str, float]) -> str:
     return ", ".join(f"{tier} {mb:.0f}" for tier, mb in by_tier.items()) or "n/a"
 
@@ -167,6 +178,8 @@ MD_COLUMNS = (
     "mean sparsity",
     "time to target (s)",
     "fedspine speedup",
+    "time to target, 3-round mean (s)",
+    "fedspine speedup (3-round mean)",
     "acc at common time",
     "rounds",
     "sim time (s)",
@@ -184,7 +197,9 @@ def markdown_row(entry: dict, latency_missing: str) -> str:
         _pct(entry["accuracy_spread"]),
         _pct(entry["mean_sparsity"]),
         _num(entry["time_to_target_s"], ".0f", "not reached"),
-        _num(entry["speedup_of_fedspine"], ".2f") + ("x" if entry["speedup_of_fedspine"] else ""),
+        _speedup(entry["speedup_of_fedspine"]),
+        _num(entry.get("time_to_smoothed_target_s"), ".0f", "not reached"),
+        _speedup(entry.get("smoothed_speedup_of_fedspine")),
         _pct(entry.get("accuracy_at_common_time")),
         str(entry["rounds"]),
         _num(entry["sim_time_s"], ".1f"),

@@ -26,6 +26,22 @@ def time_to_target(rows: list[dict], target: float) -> float | None:
     return None
 
 
+def time_to_smoothed_target(rows: list[dict], target: float, window: int = 3) -> float | None:
+    """Simulated time of the first round whose trailing mean accuracy (this round and up to
+    `window - 1` rounds before it, rounds without a score skipped) reaches `target`.
+
+    Per-round accuracy swings with the label mix of the round's participants (every method
+    draws the same participants, so a lucky round lifts them all at the same round index);
+    a first crossing then rewards luck, the trailing mean less so.
+    """
+    scored = [r for r in rows if r.get("accuracy") is not None]
+    for i, row in enumerate(scored):
+        recent = scored[max(0, i - window + 1) : i + 1]
+        if len(recent) == window and sum(r["accuracy"] for r in recent) / window >= target:
+            return row["sim_time_s"]
+    return None
+
+
 def accuracy_at_time(rows: list[dict], time_s: float) -> float | None:
     """Per-round accuracy of the last round finished by simulated time `time_s` (None: none)."""
     reached = [r for r in rows if r.get("accuracy") is not None and r["sim_time_s"] <= time_s]
