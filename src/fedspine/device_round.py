@@ -36,7 +36,7 @@ from fedspine.pruning import (
 )
 from fedspine.pruning.fleet_importance import scores_to_tensors
 from fedspine.resources import RunResources
-from fedspine.train import make_optimizer, round_lr_scale, train_local
+from fedspine.train import make_optimizer, train_local
 
 
 @dataclass(frozen=True)
@@ -222,8 +222,14 @@ def _round_metrics(
 
 
 def round_learning_rates(train: TrainSection, round_num: int) -> tuple[float, float]:
-    """(LoRA lr, head lr) of this round, after the per-round decay."""
-    scale = round_lr_scale(train.lr_decay, round_num)
+    """(LoRA lr, head lr) of round `round_num` (1-based): both x lr_decay ** (round_num - 1).
+
+    Local AdamW restarts every round, so each round moves every weight by about lr per step in
+    its own data's direction whatever the gradient's size; under label skew the global model
+    then swings from round to round. A per-round decay damps that without a horizon, so it
+    works under a time budget too (1.0 = constant, the default).
+    """
+    scale = train.lr_decay ** max(0, round_num - 1)
     return train.learning_rate * scale, train.head_learning_rate * scale
 
 

@@ -83,17 +83,6 @@ def batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float:
     return loss
 
 
-def round_lr_scale(lr_decay: float, round_num: int) -> float:
-    """Learning-rate multiplier of round `round_num` (1-based): lr_decay ** (round_num - 1).
-
-    Local AdamW restarts every round, so each round moves every weight by about lr per step in
-    its own data's direction whatever the gradient's size; under label skew the global model
-    then swings from round to round. A per-round decay damps that without a horizon, so it
-    works under a time budget too (1.0 = constant, the default).
-    """
-    return lr_decay ** max(0, round_num - 1)
-
-
 def make_optimizer(
     model: torch.nn.Module,
     lr: float,

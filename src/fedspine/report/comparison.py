@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from fedspine.report.record import write_json_atomic, write_text_atomic
-from fedspine.report.summary import accuracy_at_time, time_to_smoothed_target, time_to_target
+from fedspine.report.summary import (
+    SMOOTHING_WINDOW,
+    accuracy_at_time,
+    time_to_smoothed_target,
+    time_to_target,
+)
 
 COMPARISON_JSON = "comparison.json"
 COMPARISON_MD = "comparison.md"
@@ -24,8 +29,8 @@ TIME_TO_TARGET_DEFINITION = (
     "time_to_target_s: simulated time of the first round whose per-round accuracy reaches the "
     "shared target (target_share x the best final_accuracy among the compared methods); "
     "speedup_of_fedspine: a method's time_to_target_s / fedspine's; time_to_smoothed_target_s "
-    "and smoothed_speedup_of_fedspine: the same with the mean of the last 3 per-round "
-    "accuracies in place of one round's (less sensitive to one lucky round)."
+    f"and smoothed_speedup_of_fedspine: the same with the mean of the last {SMOOTHING_WINDOW} "
+    "per-round accuracies in place of one round's (less sensitive to one lucky round)."
 )
 COMMON_TIME_DEFINITION = (
     "accuracy_at_common_time: per-round accuracy of the last round each method finished by "
@@ -178,8 +183,8 @@ MD_COLUMNS = (
     "mean sparsity",
     "time to target (s)",
     "fedspine speedup",
-    "time to target, 3-round mean (s)",
-    "fedspine speedup (3-round mean)",
+    f"time to target, {SMOOTHING_WINDOW}-round mean (s)",
+    f"fedspine speedup ({SMOOTHING_WINDOW}-round mean)",
     "acc at common time",
     "rounds",
     "sim time (s)",

@@ -18,15 +18,17 @@ ACCURACY_DEFINITION = (
 )
 
 
+SMOOTHING_WINDOW = 3  # rounds in the trailing mean of time_to_smoothed_target
+
+
 def time_to_target(rows: list[dict], target: float) -> float | None:
     """Simulated time of the first round whose accuracy reaches `target`."""
-    for row in rows:
-        if row.get("accuracy") is not None and row["accuracy"] >= target:
-            return row["sim_time_s"]
-    return None
+    return time_to_smoothed_target(rows, target, window=1)
 
 
-def time_to_smoothed_target(rows: list[dict], target: float, window: int = 3) -> float | None:
+def time_to_smoothed_target(
+    rows: list[dict], target: float, window: int = SMOOTHING_WINDOW
+) -> float | None:
     """Simulated time of the first round whose trailing mean accuracy (this round and up to
     `window - 1` rounds before it, rounds without a score skipped) reaches `target`.
 
