@@ -199,3 +199,68 @@ def run_compare(
     comparison["latency_setup"] = dataclasses.asdict(latency)
     write_comparison(out, comparison, {m: r[2] for m, r in runs.items()})
     return comparison
+
+
+def parse_seeds(text: str | Sequence[int] | None) -> list[int]:
+    """`"0,1,2"` (or a list) -> distinct non-negative seeds in the given order."""
+    if text is None:
+        return []
+    parts = text.split(",") if isinstance(text, str) else [str(s) for s in text]
+    try:
+        seeds = [int(p) for p in (p.strip() for p in parts) if p]
+    except ValueError:
+        raise ConfigError(
+            f"--seeds {text!r} must be comma-separated integers, e.g. --seeds 0,1,2"
+        ) from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise ConfigError(f"--seeds {text!r} needs at least one seed, each >= 0")
+    return list(dict.fromkeys(seeds))
+
+
+def run_seeded_compare(
+    config: Config,
+    methods: Sequence[str] | None,
+    out: Path,
+    seeds: Sequence[int],
+    target_share: float = DEFAULT_TARGET_SHARE,
+    make_progress: Callable[[str], RunProgress] | None = None,
+    say: Callable[[str], None] | None = None,
+    latency: LatencySetup | None = None,
+) -> dict:
+    """One whole comparison per seed into OUT/seed-<s>/, then their summary into OUT.
+
+    Seeds run one after another; a rerun on the same OUT reuses every finished method of
+    every seed, so an interrupted multi-seed compare resumes where it stopped.
+    """
+    from fedspine.report.seeds import aggregate_seeds, seed_dir_name, write_seeds
+
+    names = parse_methods(methods)
+    seeds = parse_seeds(list(seeds))
+    say = say or (lambda _text: None)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    per_seed: dict[int, dict] = {}
+    for index, seed in enumerate(seeds, start=1):
+        say(f"seed {seed} ({index}/{len(seeds)})")
+        seeded = dataclasses.replace(config, run=dataclasses.replace(config.run, seed=seed))
+        per_seed[seed] = run_compare(
+            seeded,
+            names,
+            out / seed_dir_name(seed),
+            target_share,
+            make_progress=make_progress,
+            say=say,
+            latency=latency,
+        )
+    rounds = {
+        m: [
+            read_rounds(Path(e["run_dir"]))
+            for c in per_seed.values()
+            for e in c["methods"]
+            if e["method"] == m
+        ]
+        for m in names
+    }
+    aggregate = aggregate_seeds(per_seed, config.run.time_budget_s)
+    write_seeds(out, aggregate, rounds)
+    return aggregate
