@@ -79,6 +79,7 @@ class TrainSection:
     learning_rate: float = 1e-3  # LoRA factors
     head_learning_rate: float = 2e-3  # the new classification head
     lr_decay: float = 1.0  # both rates x this per round after the first (1 = constant)
+    logit_adjustment: float = 0.0  # tau: local loss on logits + tau*log(local label prior); 0 = off
     weight_decay: float = 0.0
 
 
@@ -309,6 +310,10 @@ def validate(config: Config) -> None:
     _check(train.batch_size >= 1, "train.batch_size must be >= 1")
     _check(0 < train.learning_rate < 1, "train.learning_rate must be in (0, 1)")
     _check(0 < train.lr_decay <= 1, "train.lr_decay must be in (0, 1] (1 = no decay)")
+    _check(
+        0 <= train.logit_adjustment <= 2,
+        "train.logit_adjustment must be in [0, 2] (0 = off, 1 = balanced softmax)",
+    )
     _check(0.0 <= prune.target_sparsity < 1.0, "pruning.target_sparsity must be in [0, 1)")
     _check(prune.prune_interval >= 1, "pruning.prune_interval must be >= 1")
     _check(

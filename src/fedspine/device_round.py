@@ -36,7 +36,7 @@ from fedspine.pruning import (
 )
 from fedspine.pruning.fleet_importance import scores_to_tensors
 from fedspine.resources import RunResources
-from fedspine.train import make_optimizer, train_local
+from fedspine.train import label_log_prior, make_optimizer, train_local
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,7 @@ def run_device_round(
         seed=cfg.run.seed * 100_003 + plan.round_num * 1009 + device.device_id,
         after_backward=pruner.after_backward,
         after_step=pruner.after_step,
+        logit_offset=label_log_prior(data.labels, len(res.label_names), cfg.train.logit_adjustment),
     )
     # 3. Up-link: LoRA in the device's own coordinates (HetLoRA may shed rank), costed.
     factors, head = get_lora_factors(peft_model), get_head_state(peft_model)

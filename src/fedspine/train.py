@@ -74,11 +74,41 @@ class LocalTrainStats:
 StepHook = Callable[[int, dict[str, torch.Tensor]], None]
 
 
+def label_log_prior(labels: list[int], num_labels: int, tau: float) -> torch.Tensor | None:
+    """tau x log of the device's label frequencies (add-one smoothed); None when tau is 0.
+
+    Added to the logits in the local loss only (logit adjustment / FedLC-style calibration):
+    a device whose data is mostly one class then fits the class-conditional signal instead of
+    its own label mix, so the averaged head no longer swings with the participants' mix.
+    Evaluation and inference use the plain logits.
+    """
+    if tau == 0.0:
+        return None
+    counts = torch.bincount(torch.tensor(labels, dtype=torch.long), minlength=num_labels)
+    prior = (counts.double() + 1.0) / (counts.sum().double() + num_labels)
+    return (tau * prior.log()).float()
+
+
+def training_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], logit_offset: torch.Tensor | None
+) -> torch.Tensor:
+    """The model's own loss, or cross-entropy of the offset logits when an offset is given."""
+    if logit_offset is None:
+        return model(**batch).loss
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits
+    return torch.nn.functional.cross_entropy(logits + logit_offset, batch["labels"])
+
+
 @torch.no_grad()
-def batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float:
+def batch_loss(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    logit_offset: torch.Tensor | None = None,
+) -> float:
     was_training = model.training
     model.eval()
-    loss = float(model(**batch).loss)
+    loss = float(training_loss(model, batch, logit_offset))
     model.train(was_training)
     return loss
 
@@ -112,23 +142,25 @@ def train_local(
     seed: int,
     after_backward: StepHook | None = None,
     after_step: StepHook | None = None,
+    logit_offset: torch.Tensor | None = None,
 ) -> LocalTrainStats:
     """Run `steps` optimizer steps; hooks see the step number (1-based) and the batch.
 
     `after_backward` runs while LoRA gradients exist (importance scoring reads them);
     `after_step` runs after the update (pruning happens there, then training continues).
+    `logit_offset` (label_log_prior) is added to the logits of the training and probe losses.
     """
     import time
 
     stream = batch_stream(len(data), batch_size, seed)
     probe = data.batch(next(batch_stream(len(data), batch_size, seed + 7919)))
-    loss_before = batch_loss(model, probe)
+    loss_before = batch_loss(model, probe, logit_offset)
     model.train()
     examples = tokens = 0
     start = time.perf_counter()
     for step in range(1, steps + 1):
         batch = data.batch(next(stream))
-        loss = model(**batch).loss
+        loss = training_loss(model, batch, logit_offset)
         if not math.isfinite(loss.item()):
             raise FloatingPointError("local training diverged (loss is not finite)")
         loss.backward()
@@ -143,7 +175,7 @@ def train_local(
     train_wall_s = time.perf_counter() - start
     model.eval()
     return LocalTrainStats(
-        loss_before, batch_loss(model, probe), steps, examples, tokens, train_wall_s
+        loss_before, batch_loss(model, probe, logit_offset), steps, examples, tokens, train_wall_s
     )
 
 
