@@ -56,7 +56,7 @@ def _learned_gap(tau: float) -> float:
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     offset = label_log_prior(labels, 2, tau)
     train_local(model, data, 400, 20, optimizer, seed=0, logit_offset=offset)
-    return float(model.bias[0] - model.bias[1])
+    return float((model.bias[0] - model.bias[1]).detach())
 
 
 def test_adjustment_removes_the_local_label_prior_from_what_the_model_learns():
