@@ -135,8 +135,8 @@ def test_parse_seeds():
 
 
 # ----- orchestration: one comparison per seed, then the summary -----------------------------------
-def test_seeded_compare_runs_each_seed_into_its_own_dir(tmp_path, monkeypatch):
-    calls = []
+def _fake_compare(calls):
+    """A run_compare stand-in: one rounds.jsonl per method and a comparison, no simulation."""
 
     def fake_compare(config, names, out, target_share, **_kwargs):
         seed = config.run.seed
@@ -152,6 +152,12 @@ def test_seeded_compare_runs_each_seed_into_its_own_dir(tmp_path, monkeypatch):
         write_json_atomic(out / "comparison.json", comparison)
         return comparison
 
+    return fake_compare
+
+
+def test_seeded_compare_runs_each_seed_into_its_own_dir(tmp_path, monkeypatch):
+    calls = []
+    fake_compare = _fake_compare(calls)
     monkeypatch.setattr(fedspine.compare, "run_compare", fake_compare)
     config = load_config("smoke", overrides=["run.seed=7", "run.time_budget_s=20"])
     aggregate = run_seeded_compare(config, ["fedspine", "fedlora"], tmp_path / "out", [3, 1])
@@ -180,3 +186,19 @@ def test_cli_refuses_seed_and_seeds_together(monkeypatch, tmp_path):
         main()
     assert exit_info.value.code == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_seeds_writes_the_summary(monkeypatch, tmp_path, capsys):
+    from fedspine.cli import main
+
+    calls = []
+    monkeypatch.setattr(fedspine.compare, "run_compare", _fake_compare(calls))
+    argv = ["fedspine", "compare", "-p", "smoke", "--seeds", "0,1", "--methods", "fedspine,fedlora"]
+    monkeypatch.setattr(sys, "argv", argv + ["-o", "x"])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 0
+    assert [seed for seed, _, _ in calls] == [0, 1]
+    assert "# Method comparison over 2 seeds" in capsys.readouterr().out
+    assert json.loads((tmp_path / "x" / "comparison.json").read_text())["seeds"] == [0, 1]

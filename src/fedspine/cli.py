@@ -184,27 +184,16 @@ def compare(
     extra += [f"run.time_budget_s={time_budget}"] if time_budget is not None else []
     cfg = _config(preset, config, set_, extra)
     out_dir = out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-compare"
+    feedback = {
+        "make_progress": lambda method: RichProgress(method, console),
+        "say": lambda text: console.print(f"[bold]{escape(text)}[/]"),
+    }
     if seed_list:
-        aggregate = run_seeded_compare(
-            cfg,
-            names,
-            out_dir,
-            seed_list,
-            target_share,
-            make_progress=lambda method: RichProgress(method, console),
-            say=lambda text: console.print(f"[bold]{escape(text)}[/]"),
-        )
+        aggregate = run_seeded_compare(cfg, names, out_dir, seed_list, target_share, **feedback)
         typer.echo(format_seeds_markdown(aggregate))
         console.print(f"comparison over seeds {seeds} written to {out_dir}")
         return
-    result = run_compare(
-        cfg,
-        names,
-        out_dir,
-        target_share,
-        make_progress=lambda method: RichProgress(method, console),
-        say=lambda text: console.print(f"[bold]{escape(text)}[/]"),
-    )
+    result = run_compare(cfg, names, out_dir, target_share, **feedback)
     typer.echo(format_markdown(result))
     console.print(f"comparison written to {out_dir}")
 
