@@ -27,6 +27,7 @@ def _entry(method, final, time_s, speedup, smoothed_speedup=None, run_dir="x"):
     return {
         "method": method,
         "final_accuracy": final,
+        "final_accuracy_full_test": None if final is None else final - 0.01,
         "global_accuracy": final,
         "mean_sparsity": 0.5 if method == "fedspine" else 0.0,
         "time_to_target_s": time_s,
@@ -80,6 +81,10 @@ def test_method_over_seeds_pairs_the_accuracy_gain_by_seed():
     gains = fedlora["final_gain_of_fedspine"]  # 0.94-0.92, 0.90-0.95, 0.93-0.89
     assert gains["mean"] == pytest.approx((0.02 - 0.05 + 0.04) / 3)
     assert gains["n"] == 3
+    assert fedlora["full_test_gain_of_fedspine"]["mean"] == pytest.approx(gains["mean"])
+    assert fedlora["final_accuracy_full_test"]["mean"] == pytest.approx(
+        (0.92 + 0.95 + 0.89) / 3 - 0.01
+    )
     assert fedlora["time_to_target_s"] == {
         "mean": pytest.approx(12.0),
         "std": pytest.approx(math.sqrt(128)),
@@ -202,3 +207,10 @@ def test_cli_seeds_writes_the_summary(monkeypatch, tmp_path, capsys):
     assert [seed for seed, _, _ in calls] == [0, 1]
     assert "# Method comparison over 2 seeds" in capsys.readouterr().out
     assert json.loads((tmp_path / "x" / "comparison.json").read_text())["seeds"] == [0, 1]
+
+
+def test_every_kth_device_keeps_the_spread_of_ids():
+    from fedspine.evaluation import every_kth_device
+
+    assert every_kth_device(list(range(80)), 16) == [round(i * 79 / 15) for i in range(16)]
+    assert every_kth_device([5, 1, 3], 16) == [1, 3, 5]

@@ -5,6 +5,8 @@ Evaluation is server work: it is not added to simulated time. No Flower here.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from fedspine.global_state import GlobalLora
@@ -61,3 +63,30 @@ def representative(
         return ordered
     picks = np.linspace(0, len(ordered) - 1, count).round().astype(int)
     return [ordered[i] for i in sorted(set(picks.tolist()))]
+
+
+def every_kth_device(device_ids: list[int], count: int) -> list[int]:
+    """`count` ids evenly spaced through the sorted ids (all of them when count >= len).
+
+    Tiers are laid out in id blocks, so an even stride keeps the fleet's tier mix.
+    """
+    ordered = sorted(device_ids)
+    if count >= len(ordered):
+        return ordered
+    picks = np.linspace(0, len(ordered) - 1, count).round().astype(int)
+    return [ordered[i] for i in sorted(set(picks.tolist()))]
+
+
+def mean_device_accuracy(
+    res: RunResources, global_lora: GlobalLora, kept: list[KeptIndices], data: TokenisedData
+) -> float:
+    """Mean accuracy of these device structures with the global LoRA on `data` (a structure
+    shared by several devices is scored once and counted for each)."""
+    cache: dict[str, float] = {}
+    scores = []
+    for structure in kept:
+        key = json.dumps(structure.to_dict(), sort_keys=True)
+        if key not in cache:
+            cache[key] = evaluate_device(res, global_lora, structure, data)["accuracy"]
+        scores.append(cache[key])
+    return float(np.mean(scores))

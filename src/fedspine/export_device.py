@@ -7,10 +7,9 @@ from pathlib import Path
 from fedspine.config import config_from_dict, read_toml
 from fedspine.errors import ConfigError
 from fedspine.evaluation import device_model
-from fedspine.global_state import GlobalLora
 from fedspine.models.loading import load_classifier
 from fedspine.pruning import KeptIndices, export_pruned
-from fedspine.report.final_state import load_final_state
+from fedspine.report.final_state import load_global_lora
 from fedspine.report.record import CONFIG_FILE, read_summary
 
 
@@ -19,15 +18,12 @@ def export_device(run_dir: Path, device_id: int, out: Path) -> Path:
     if not (run_dir / CONFIG_FILE).is_file():
         raise ConfigError(f"{run_dir} has no {CONFIG_FILE}: pass a finished run directory")
     config = config_from_dict(read_toml(run_dir / CONFIG_FILE))
-    factors, head, meta, devices = load_final_state(run_dir)
+    global_lora, devices = load_global_lora(run_dir)
     by_id = {d["id"]: d for d in devices}
     if device_id not in by_id:
         raise ConfigError(f"device {device_id} is not in this run; ids are 0..{len(devices) - 1}")
     num_labels = int(read_summary(run_dir)["num_labels"])
     base = load_classifier(config.model.source, num_labels, config.run.seed)
-    global_lora = GlobalLora(
-        factors, head, float(meta["scaling"]), int(meta["max_rank"]), meta["aggregation"]
-    )
     kept = KeptIndices.from_dict(by_id[device_id]["kept"])
     model = device_model(base, global_lora, kept)
     return export_pruned(model, kept, out, tokenizer=base.tokenizer)

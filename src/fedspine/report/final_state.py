@@ -58,3 +58,14 @@ def load_final_state(run_path: Path):
     )
     devices = json.loads((run_path / DEVICES_FILE).read_text(encoding="utf-8"))
     return factors, head, meta, devices
+
+
+def load_global_lora(run_path: Path):
+    """(GlobalLora, devices) of a finished run: what rebuilding any device's model needs."""
+    from fedspine.global_state import GlobalLora
+
+    factors, head, meta, devices = load_final_state(run_path)
+    global_lora = GlobalLora(
+        factors, head, float(meta["scaling"]), int(meta["max_rank"]), meta["aggregation"]
+    )
+    return global_lora, devices
