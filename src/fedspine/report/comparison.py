@@ -27,7 +27,8 @@ DEFAULT_TARGET_SHARE = 0.95
 REFERENCE_METHOD = "fedspine"
 TIME_TO_TARGET_DEFINITION = (
     "time_to_target_s: simulated time of the first round whose per-round accuracy reaches the "
-    "shared target (target_share x the best final_accuracy among the compared methods); "
+    "shared target (target_share x the best final accuracy among the compared methods, on the "
+    "whole test set once compare has re-scored every method); "
     "speedup_of_fedspine: a method's time_to_target_s / fedspine's; time_to_smoothed_target_s "
     f"and smoothed_speedup_of_fedspine: the same with the mean of the last {SMOOTHING_WINDOW} "
     "per-round accuracies in place of one round's (less sensitive to one lucky round)."
