@@ -149,7 +149,10 @@ def compare(
     ] = None,
     target_share: Annotated[
         float,
-        typer.Option(help="time-to-target bar: this share of the best final accuracy"),
+        typer.Option(
+            help="time-to-target bar: this share of the best final accuracy (re-scored on "
+            "the whole test set once every method has run)"
+        ),
     ] = 0.95,
     time_budget: Annotated[
         float | None,
