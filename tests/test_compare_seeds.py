@@ -143,7 +143,7 @@ def test_parse_seeds():
 def _fake_compare(calls):
     """A run_compare stand-in: one rounds.jsonl per method and a comparison, no simulation."""
 
-    def fake_compare(config, names, out, target_share, **_kwargs):
+    def fake_compare(config, names, out, target_share=0.95, **_kwargs):
         seed = config.run.seed
         calls.append((seed, list(names), out))
         entries = []

@@ -192,7 +192,9 @@ def compare(
         "say": lambda text: console.print(f"[bold]{escape(text)}[/]"),
     }
     if seed_list:
-        aggregate = run_seeded_compare(cfg, names, out_dir, seed_list, target_share, **feedback)
+        aggregate = run_seeded_compare(
+            cfg, names, out_dir, seed_list, target_share=target_share, **feedback
+        )
         typer.echo(format_seeds_markdown(aggregate))
         console.print(f"comparison over seeds {seeds} written to {out_dir}")
         return

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -161,7 +163,7 @@ def measure_full_test_accuracy(
     large as the gaps the comparison is about. Fewer devices on the whole test set (400 by
     default) is a far tighter estimate of the same quantity for about the same cost.
     """
-    from fedspine.evaluation import every_kth_device, mean_device_accuracy
+    from fedspine.evaluation import device_accuracies, every_kth_device
     from fedspine.pruning import KeptIndices
     from fedspine.report.final_state import load_global_lora
     from fedspine.resources import build_resources
@@ -174,7 +176,7 @@ def measure_full_test_accuracy(
         picked = every_kth_device(list(by_id), devices)
         kept = [KeptIndices.from_dict(by_id[i]["kept"]) for i in picked]
         result[method] = {
-            "accuracy": mean_device_accuracy(res, global_lora, kept, res.test),
+            "accuracy": statistics.fmean(device_accuracies(res, global_lora, kept, res.test)),
             "devices": len(picked),
             "examples": len(res.test),
         }
@@ -266,16 +268,14 @@ def run_seeded_compare(
     methods: Sequence[str] | None,
     out: Path,
     seeds: Sequence[int],
-    target_share: float = DEFAULT_TARGET_SHARE,
-    make_progress: Callable[[str], RunProgress] | None = None,
     say: Callable[[str], None] | None = None,
-    latency: LatencySetup | None = None,
-    full_test_devices: int = FULL_TEST_DEVICES,
+    **options: Any,
 ) -> dict:
     """One whole comparison per seed into OUT/seed-<s>/, then their summary into OUT.
 
     Seeds run one after another; a rerun on the same OUT reuses every finished method of
-    every seed, so an interrupted multi-seed compare resumes where it stopped.
+    every seed, so an interrupted multi-seed compare resumes where it stopped. `options` are
+    run_compare's keyword options (target_share, make_progress, latency, full_test_devices).
     """
     from fedspine.report.seeds import aggregate_seeds, seed_dir_name, write_seeds
 
@@ -288,16 +288,7 @@ def run_seeded_compare(
     for index, seed in enumerate(seeds, start=1):
         say(f"seed {seed} ({index}/{len(seeds)})")
         seeded = dataclasses.replace(config, run=dataclasses.replace(config.run, seed=seed))
-        per_seed[seed] = run_compare(
-            seeded,
-            names,
-            out / seed_dir_name(seed),
-            target_share,
-            make_progress=make_progress,
-            say=say,
-            latency=latency,
-            full_test_devices=full_test_devices,
-        )
+        per_seed[seed] = run_compare(seeded, names, out / seed_dir_name(seed), say=say, **options)
     rounds = {
         m: [
             read_rounds(Path(e["run_dir"]))

@@ -58,9 +58,14 @@ def representative(
     kept_by_device: dict[int, KeptIndices], sparsity: dict[int, float], count: int
 ) -> list[int]:
     """Devices to score in a round: the least and most pruned participants (cheap and telling)."""
-    ordered = sorted(kept_by_device, key=lambda d: (sparsity[d], d))
+    return evenly_spaced(sorted(kept_by_device, key=lambda d: (sparsity[d], d)), count)
+
+
+def evenly_spaced(ordered: list[int], count: int) -> list[int]:
+    """`count` items evenly spaced through `ordered`, first and last included (all when
+    count >= len)."""
     if len(ordered) <= count:
-        return ordered
+        return list(ordered)
     picks = np.linspace(0, len(ordered) - 1, count).round().astype(int)
     return [ordered[i] for i in sorted(set(picks.tolist()))]
 
@@ -70,18 +75,14 @@ def every_kth_device(device_ids: list[int], count: int) -> list[int]:
 
     Tiers are laid out in id blocks, so an even stride keeps the fleet's tier mix.
     """
-    ordered = sorted(device_ids)
-    if count >= len(ordered):
-        return ordered
-    picks = np.linspace(0, len(ordered) - 1, count).round().astype(int)
-    return [ordered[i] for i in sorted(set(picks.tolist()))]
+    return evenly_spaced(sorted(device_ids), count)
 
 
-def mean_device_accuracy(
+def device_accuracies(
     res: RunResources, global_lora: GlobalLora, kept: list[KeptIndices], data: TokenisedData
-) -> float:
-    """Mean accuracy of these device structures with the global LoRA on `data` (a structure
-    shared by several devices is scored once and counted for each)."""
+) -> list[float]:
+    """Accuracy of each device structure with the global LoRA on `data` (a structure shared by
+    several devices, e.g. every unpruned one, is scored once)."""
     cache: dict[str, float] = {}
     scores = []
     for structure in kept:
@@ -89,4 +90,4 @@ def mean_device_accuracy(
         if key not in cache:
             cache[key] = evaluate_device(res, global_lora, structure, data)["accuracy"]
         scores.append(cache[key])
-    return float(np.mean(scores))
+    return scores

@@ -16,7 +16,13 @@ from flwr.serverapp import Grid
 
 from fedspine import protocol as P
 from fedspine.config import Config, config_to_dict
-from fedspine.evaluation import evaluate_device, final_eval_subset, full_kept, representative
+from fedspine.evaluation import (
+    device_accuracies,
+    evaluate_device,
+    final_eval_subset,
+    full_kept,
+    representative,
+)
 from fedspine.fleet.cost import training_flops
 from fedspine.fleet.probe import ProbeResult
 from fedspine.flower.strategy import DeviceState, FedspineStrategy
@@ -218,13 +224,12 @@ def final_round(grid: Grid, strategy: FedspineStrategy, round_num: int) -> list[
 
 def final_device_scores(res: RunResources, strategy: FedspineStrategy) -> list[dict]:
     """Every device's final model (its structure + the final global LoRA) on the test subset."""
-    subset = final_eval_subset(res)
-    cache: dict[str, dict] = {}
+    states = sorted(strategy.devices.values(), key=lambda s: s.device_id)
+    accuracies = device_accuracies(
+        res, strategy.global_lora, [s.kept for s in states], final_eval_subset(res)
+    )
     rows = []
-    for state in sorted(strategy.devices.values(), key=lambda s: s.device_id):
-        key = json.dumps(state.kept.to_dict())
-        if key not in cache:
-            cache[key] = evaluate_device(res, strategy.global_lora, state.kept, subset)
+    for state, accuracy in zip(states, accuracies, strict=True):
         report = sparsity_report(state.kept, res.base.model.config)
         rows.append(
             {
@@ -234,7 +239,7 @@ def final_device_scores(res: RunResources, strategy: FedspineStrategy) -> list[d
                 "param_sparsity": report["non_embedding_params_removed"],
                 "lora_rank": state.last_rank,
                 "params": report["params"],
-                "accuracy": cache[key]["accuracy"],
+                "accuracy": accuracy,
                 "rounds_participated": state.rounds_seen,
             }
         )
