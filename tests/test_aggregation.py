@@ -273,3 +273,12 @@ def test_residual_aggregation_on_pruned_coordinates_touches_only_what_the_device
         sent, _ = to_full_delta(DeviceLoraUpdate(received, 2.0, rows, cols, 0), name, SHAPES[name])
         expected = global_factors[name].delta() + mask * (delta - sent)
         torch.testing.assert_close(kept[name].delta(), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_step_toward_is_the_convex_move_and_exact_at_one():
+    from fedspine.lora.aggregation import step_toward
+
+    previous, target = torch.zeros(3), torch.tensor([2.0, -4.0, 8.0])
+    assert torch.equal(step_toward(previous, target, 1.0), target)
+    assert torch.allclose(step_toward(previous, target, 0.25), torch.tensor([0.5, -1.0, 2.0]))
+    assert torch.allclose(step_toward(target, target, 0.3), target)

@@ -58,6 +58,8 @@ def test_round_trip_through_dict_and_toml():
         (["train.lr_decay=0"], "train.lr_decay"),
         (["train.lr_decay=1.5"], "train.lr_decay"),
         (["train.logit_adjustment=-1"], "train.logit_adjustment"),
+        (["train.server_learning_rate=0"], "train.server_learning_rate"),
+        (["train.server_learning_rate=1.5"], "train.server_learning_rate"),
         (["run.time_budget_s=nan"], "run.time_budget_s"),
         (["run.time_budget_s=30", "run.max_rounds=2"], "run.max_rounds"),
     ],

@@ -36,3 +36,51 @@ def test_downlink_reconstructs_the_restricted_delta_at_full_rank():
     assert torch.allclose(2.0 * down.B @ down.A, full[rows["m"]][:, cols["m"]], atol=1e-4)
     sliced = _global("zero-pad").downlink(rows, cols, rank=2)["m"]
     assert sliced.A.shape == (2, 3) and sliced.B.shape == (3, 2)
+
+
+def _upload(factors: LoraFactors, head: torch.Tensor, examples: int = 10) -> DeviceUpload:
+    return DeviceUpload({"m": factors}, {}, {}, {"bias": head}, examples)
+
+
+@pytest.mark.parametrize("aggregation", ["fedavg", "zero-pad"])
+def test_server_step_moves_factors_and_head_that_share_of_the_way(aggregation):
+    old = _global(aggregation)
+    old.head = {"bias": torch.zeros(3)}
+    before = LoraFactors(A=old.factors["m"].A.clone(), B=old.factors["m"].B.clone())
+    sent = [
+        _upload(LoraFactors(A=torch.randn(4, 12), B=torch.randn(10, 4)), torch.full((3,), 2.0)),
+        _upload(LoraFactors(A=torch.randn(4, 12), B=torch.randn(10, 4)), torch.full((3,), 4.0)),
+    ]
+    full = _global(aggregation)
+    full.head = {"bias": torch.zeros(3)}
+    full.aggregate(sent)
+    old.server_step = 0.25
+    old.aggregate(sent)
+    for part in ("A", "B"):
+        start, target = getattr(before, part), getattr(full.factors["m"], part)
+        expected = start + 0.25 * (target - start)
+        assert torch.allclose(getattr(old.factors["m"], part), expected, atol=1e-6)
+    assert torch.allclose(full.head["bias"], torch.full((3,), 3.0))
+    assert torch.allclose(old.head["bias"], torch.full((3,), 0.75))
+
+
+@pytest.mark.parametrize("aggregation", ["masked-svd", "masked-svd-residual"])
+def test_server_step_moves_the_global_delta_that_share_of_the_way(aggregation):
+    """Rank 2 before + rank 2 uploads fit in max_rank 4, so the re-factorised delta is exact."""
+    torch.manual_seed(1)
+    start = LoraFactors(A=torch.randn(2, 12), B=torch.randn(10, 2))
+    padded = LoraFactors(
+        A=torch.cat([start.A, torch.zeros(2, 12)]), B=torch.cat([start.B, torch.zeros(10, 2)], 1)
+    )
+    device = LoraFactors(A=torch.randn(2, 12), B=torch.randn(10, 2))
+    g_full = GlobalLora({"m": padded}, {}, scaling=2.0, max_rank=4, aggregation=aggregation)
+    g_half = GlobalLora(
+        {"m": padded}, {}, scaling=2.0, max_rank=4, aggregation=aggregation, server_step=0.5
+    )
+    for g in (g_full, g_half):
+        g.aggregate([DeviceUpload({"m": device}, {}, {}, {}, 10)])
+    old = start.B @ start.A
+    new_full = g_full.factors["m"].B @ g_full.factors["m"].A
+    new_half = g_half.factors["m"].B @ g_half.factors["m"].A
+    assert not torch.allclose(new_full, old, atol=1e-3)
+    assert torch.allclose(new_half, old + 0.5 * (new_full - old), atol=1e-4)

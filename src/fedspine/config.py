@@ -81,6 +81,10 @@ class TrainSection:
     lr_decay: float = 1.0  # both rates x this per round after the first (1 = constant)
     logit_adjustment: float = 0.0  # tau: local loss on logits + tau*log(local label prior); 0 = off
     weight_decay: float = 0.0
+    # eta_g: the global moves this share of the way to the round's aggregate (FedAvg with a
+    # server learning rate, Reddi et al. 2021); below 1 it damps the swing a few label-skewed
+    # participants give the global model. 1 = the aggregate replaces the global.
+    server_learning_rate: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -313,6 +317,10 @@ def validate(config: Config) -> None:
     _check(
         0 <= train.logit_adjustment <= 2,
         "train.logit_adjustment must be in [0, 2] (0 = off, 1 = balanced softmax)",
+    )
+    _check(
+        0 < train.server_learning_rate <= 1,
+        "train.server_learning_rate must be in (0, 1] (1 = the aggregate replaces the global)",
     )
     _check(0.0 <= prune.target_sparsity < 1.0, "pruning.target_sparsity must be in [0, 1)")
     _check(prune.prune_interval >= 1, "pruning.prune_interval must be >= 1")

@@ -20,6 +20,7 @@ from fedspine.lora.aggregation import (
     average_tensors,
     fedavg_factors,
     restrict_and_truncate,
+    step_toward,
 )
 
 
@@ -48,6 +49,7 @@ class GlobalLora:
     scaling: float
     max_rank: int
     aggregation: str  # "fedavg" | "zero-pad" | "masked-svd" | "masked-svd-residual"
+    server_step: float = 1.0  # train.server_learning_rate: share of the way to the aggregate
 
     @property
     def alpha_per_rank(self) -> float:
@@ -66,22 +68,35 @@ class GlobalLora:
         return {n: _slice(f, rows.get(n), cols.get(n), rank) for n, f in self.factors.items()}
 
     def aggregate(self, uploads: list[DeviceUpload]) -> None:
-        """Replace the global state with the aggregation of this round's uploads."""
+        """Move the global state toward the aggregation of this round's uploads (all the way
+        with the default server step of 1)."""
         if not uploads:
             return
+        step = self.server_step
         self.head = {
-            key: average_tensors(
-                [u.head[key] for u in uploads], [float(u.num_examples) for u in uploads]
+            key: step_toward(
+                self.head[key],
+                average_tensors(
+                    [u.head[key] for u in uploads], [float(u.num_examples) for u in uploads]
+                ),
+                step,
             )
             for key in self.head
         }
-        if self.aggregation == "fedavg":
-            self.factors = fedavg_factors([_as_update(u, 1.0) for u in uploads])
-            return
-        if self.aggregation == "zero-pad":
-            self.factors = aggregate_zero_pad(
-                [_as_update(u, 1.0) for u in uploads], self.full_shapes(), self.max_rank
+        if self.aggregation in ("fedavg", "zero-pad"):
+            updates = [_as_update(u, 1.0) for u in uploads]
+            merged = (
+                fedavg_factors(updates)
+                if self.aggregation == "fedavg"
+                else aggregate_zero_pad(updates, self.full_shapes(), self.max_rank)
             )
+            self.factors = {
+                name: LoraFactors(
+                    A=step_toward(self.factors[name].A, f.A, step),
+                    B=step_toward(self.factors[name].B, f.B, step),
+                )
+                for name, f in merged.items()
+            }
             return
         merged = aggregate_masked_svd(
             [_as_update(u, self.scaling) for u in uploads],
@@ -89,6 +104,7 @@ class GlobalLora:
             self.max_rank,
             previous=_scale(self.factors, self.scaling),
             keep_residual=self.aggregation == "masked-svd-residual",
+            server_step=step,
         )
         self.factors = _scale(merged, 1.0 / self.scaling)
 

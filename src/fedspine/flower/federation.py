@@ -62,6 +62,7 @@ def initial_global_lora(res: RunResources, rank: int, aggregation: str) -> Globa
         cfg.model.lora_alpha_per_rank,
         rank,
         aggregation,
+        cfg.train.server_learning_rate,
     )
 
 

@@ -22,6 +22,11 @@ Aggregators (``AGGREGATORS``, all called as ``f(updates, full_shapes, max_rank, 
   different alpha / r are comparable; with equal scalings this is exactly FedIT's average.
 * ``fedavg`` (FedIT): equal ranks and shapes, no pruning: average A and B separately.
 
+Server learning rate (``step_toward``): the global may move only a share eta of the way from
+its previous state to the aggregate (FedAvg with a server rate). The masked-SVD aggregators
+take the step on the full delta, before re-factorising; the factor-averaging ones on A, B and
+the head. eta = 1 is the plain aggregate.
+
 Why averaging full deltas (not differences) is consistent: with the SVD down-link a device
 starts its round from nonzero factors that reproduce the global delta restricted to its kept
 coordinates, so the factors it uploads encode the *whole* delta (global + its local progress).
@@ -217,11 +222,13 @@ def aggregate_masked_svd(
     max_rank: int,
     previous: Mapping[str, LoraFactors] | None = None,
     keep_residual: bool = False,
+    server_step: float = 1.0,
 ) -> dict[str, LoraFactors]:
     """Per-coordinate example-weighted mean over the devices that kept it, re-factorised.
 
     Returned factors have scaling 1 and rank ``max_rank`` (zero components pad a lower rank).
     `keep_residual`: see `_masked_mean` (the ``masked-svd-residual`` aggregator).
+    `server_step`: the delta moves this share of the way from ``previous`` to the mean.
     """
     _check_names(updates, full_shapes)
     weights = _example_weights(updates)
@@ -231,8 +238,15 @@ def aggregate_masked_svd(
         dtype = torch.float64 if torch.float64 in dtypes else torch.float32
         fallback = _previous_delta(previous, name, shape).to(dtype)
         mean = _masked_mean(updates, weights, name, fallback, keep_residual)
-        result[name] = _factorise(mean, max_rank)
+        result[name] = _factorise(step_toward(fallback, mean, server_step), max_rank)
     return result
+
+
+def step_toward(previous: Tensor, target: Tensor, step: float) -> Tensor:
+    """previous + step * (target - previous): the server's move toward the round's aggregate."""
+    if step == 1.0:
+        return target
+    return previous + step * (target.to(previous.dtype) - previous)
 
 
 def _padded_factors(
