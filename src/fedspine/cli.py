@@ -17,6 +17,7 @@ from fedspine.errors import FedspineError
 
 app = typer.Typer(
     add_completion=False,
+    rich_markup_mode="markdown",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Federated LoRA fine-tuning with on-device structured pruning (FedSpine). "
@@ -59,7 +60,7 @@ SetOpt = Annotated[
 OutOpt = Annotated[
     Path | None,
     typer.Option(
-        "--out", "-o", help="run directory (default runs/<time>-<method>/); must not exist"
+        "--out", "-o", help="run directory (default `runs/<time>-<method>/`); must not exist"
     ),
 ]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="seed for everything (run.seed)")]
@@ -133,8 +134,8 @@ def compare(
         typer.Option(
             "--out",
             "-o",
-            help="output directory (default runs/<time>-compare/); each method runs into "
-            "OUT/<method>/, and a rerun on the same OUT reuses finished methods",
+            help="output directory (default `runs/<time>-compare/`); each method runs into "
+            "`OUT/<method>/`, and a rerun on the same OUT reuses finished methods",
         ),
     ] = None,
     seed: SeedOpt = None,
@@ -143,7 +144,7 @@ def compare(
         typer.Option(
             "--seeds",
             help="comma-separated seeds, e.g. 0,1,2: the whole comparison runs once per seed "
-            "into OUT/seed-<s>/, and OUT/comparison.* gives per-method means, spreads, "
+            "into `OUT/seed-<s>/`, and `OUT/comparison.*` gives per-method means, spreads, "
             "geometric-mean speedups and fedspine's paired accuracy gain (instead of --seed)",
         ),
     ] = None,
