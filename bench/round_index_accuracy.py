@@ -16,14 +16,15 @@ import statistics
 from pathlib import Path
 
 from fedspine.report.record import read_rounds
+from fedspine.report.summary import time_to_target
 
 
 def first_round_at(rows: list[dict], target: float) -> int | None:
-    """1-based index of the first round whose accuracy reaches `target` (None: never)."""
-    for index, row in enumerate(rows, start=1):
-        if row.get("accuracy") is not None and row["accuracy"] >= target:
-            return index
-    return None
+    """1-based index of the round compare's time_to_target stops at (None: never reached)."""
+    reached = time_to_target(rows, target)
+    if reached is None:
+        return None
+    return next(i for i, row in enumerate(rows, start=1) if row["sim_time_s"] == reached)
 
 
 def main() -> None:
@@ -47,7 +48,9 @@ def main() -> None:
     for method, runs in per_method.items():
         means = []
         for i in range(args.rounds):
-            scores = [r[i]["accuracy"] for _, r in runs if len(r) > i and r[i]["accuracy"]]
+            scores = [
+                r[i]["accuracy"] for _, r in runs if len(r) > i and r[i]["accuracy"] is not None
+            ]
             means.append(f"{100 * statistics.fmean(scores):>5.1f}" if scores else f"{'-':>5}")
         per_round = statistics.fmean(r[-1]["sim_time_s"] / len(r) for _, r in runs)
         crossings = [first_round_at(r, target) for target, r in runs]
