@@ -5,21 +5,23 @@ import torch
 
 from fedspine.lora import (
     AGGREGATORS,
-    DeviceLoraUpdate,
     LoraFactors,
+    LoraUpload,
     aggregate_masked_svd,
     aggregate_zero_pad,
     average_tensors,
     fedavg_factors,
-    initial_global_factors,
-    restrict_and_slice,
+    make_aggregator,
     restrict_and_truncate,
+    slice_factors,
     to_full_delta,
 )
+from fedspine.lora.aggregation import step_toward
 
 torch.set_num_threads(1)
 DT = torch.float64
 SHAPES = {"q": (12, 10), "down": (10, 16)}
+S = 4.0  # the run's one peft scaling (lora_alpha = alpha_per_rank * r)
 
 
 def random_factors(rank, out_features, in_features, seed):
@@ -30,41 +32,33 @@ def random_factors(rank, out_features, in_features, seed):
     )
 
 
-def unpruned_update(rank, seed, examples, alpha=16.0):
+def unpruned_update(rank, seed, examples):
     factors = {
         name: random_factors(rank, o, i, seed + k)
         for k, (name, (o, i)) in enumerate(SHAPES.items())
     }
-    return DeviceLoraUpdate(
-        factors=factors, scaling=alpha / rank, rows={}, cols={}, num_examples=examples
-    )
+    return LoraUpload(factors=factors, rows={}, cols={}, num_examples=examples)
 
 
-def pruned_update(name, rows, cols, rank, seed, examples, scaling=2.0):
+def pruned_update(name, rows, cols, rank, seed, examples):
     factors = {name: random_factors(rank, len(rows), len(cols), seed)}
-    return DeviceLoraUpdate(
-        factors=factors,
-        scaling=scaling,
-        rows={name: rows},
-        cols={name: cols},
-        num_examples=examples,
-    )
+    return LoraUpload(factors=factors, rows={name: rows}, cols={name: cols}, num_examples=examples)
 
 
 def test_masked_svd_equals_weighted_mean_of_deltas_without_pruning():
     updates = [unpruned_update(4, 0, 10), unpruned_update(4, 10, 30), unpruned_update(4, 20, 60)]
-    result = aggregate_masked_svd(updates, SHAPES, max_rank=12)
+    result = aggregate_masked_svd(updates, SHAPES, max_rank=12, scaling=S)
     for name in SHAPES:
-        expected = sum(u.num_examples * u.factors[name].delta(u.scaling) for u in updates) / 100
+        expected = sum(u.num_examples * u.factors[name].delta(S) for u in updates) / 100
         assert result[name].rank == 12
         torch.testing.assert_close(result[name].delta(), expected, rtol=1e-10, atol=1e-10)
 
 
 def test_different_ranks_are_combined_exactly_when_max_rank_suffices():
     updates = [unpruned_update(2, 0, 5), unpruned_update(8, 7, 5)]
-    result = aggregate_masked_svd(updates, SHAPES, max_rank=10)
+    result = aggregate_masked_svd(updates, SHAPES, max_rank=10, scaling=S)
     for name in SHAPES:
-        expected = (updates[0].factors[name].delta(8.0) + updates[1].factors[name].delta(2.0)) / 2
+        expected = (updates[0].factors[name].delta(S) + updates[1].factors[name].delta(S)) / 2
         torch.testing.assert_close(result[name].delta(), expected, rtol=1e-10, atol=1e-10)
 
 
@@ -72,9 +66,9 @@ def test_coordinate_kept_by_one_device_is_not_diluted():
     full = SHAPES["down"]
     wide = pruned_update("down", torch.arange(10), torch.arange(16), 3, seed=1, examples=50)
     narrow = pruned_update("down", torch.tensor([0, 2, 4]), torch.arange(8), 3, 2, examples=50)
-    result = aggregate_masked_svd([wide, narrow], {"down": full}, max_rank=10)["down"].delta()
-    wide_delta, _ = to_full_delta(wide, "down", full)
-    narrow_delta, narrow_mask = to_full_delta(narrow, "down", full)
+    result = aggregate_masked_svd([wide, narrow], {"down": full}, 10, 2.0)["down"].delta()
+    wide_delta, _ = to_full_delta(wide, "down", full, 2.0)
+    narrow_delta, narrow_mask = to_full_delta(narrow, "down", full, 2.0)
     only_wide = ~narrow_mask
     torch.testing.assert_close(result[only_wide], wide_delta[only_wide])
     both = narrow_mask
@@ -85,40 +79,40 @@ def test_uncovered_coordinates_keep_the_previous_global_value():
     full = SHAPES["q"]
     previous = {"q": random_factors(10, *full, seed=5)}
     update = pruned_update("q", torch.arange(6), torch.arange(10), 2, seed=3, examples=1)
-    result = aggregate_masked_svd([update], {"q": full}, max_rank=10, previous=previous)
+    result = aggregate_masked_svd([update], {"q": full}, 10, 2.0, previous=previous)
     merged = result["q"].delta()
     torch.testing.assert_close(merged[6:], previous["q"].delta()[6:])
     torch.testing.assert_close(merged[:6], update.factors["q"].delta(2.0))
-    without_previous = aggregate_masked_svd([update], {"q": full}, max_rank=10)["q"].delta()
+    without_previous = aggregate_masked_svd([update], {"q": full}, 10, 2.0)["q"].delta()
     assert torch.count_nonzero(without_previous[6:].abs() > 1e-12) == 0
 
 
 def test_masked_svd_truncation_is_the_best_low_rank_approximation():
     updates = [unpruned_update(4, 0, 1), unpruned_update(4, 9, 1)]
-    exact = aggregate_masked_svd(updates, SHAPES, max_rank=10)["q"].delta()
-    truncated = aggregate_masked_svd(updates, SHAPES, max_rank=3)["q"].delta()
-    U, S, Vh = torch.linalg.svd(exact)
-    torch.testing.assert_close(truncated, U[:, :3] @ torch.diag(S[:3]) @ Vh[:3])
+    exact = aggregate_masked_svd(updates, SHAPES, max_rank=10, scaling=S)["q"].delta()
+    truncated = aggregate_masked_svd(updates, SHAPES, max_rank=3, scaling=S)["q"].delta()
+    U, sv, Vh = torch.linalg.svd(exact)
+    torch.testing.assert_close(truncated, U[:, :3] @ torch.diag(sv[:3]) @ Vh[:3])
 
 
 def test_zero_pad_with_equal_ranks_equals_fedavg_of_factors():
     updates = [unpruned_update(4, 0, 10), unpruned_update(4, 10, 30)]
     padded = aggregate_zero_pad(updates, SHAPES, max_rank=4)
+    folded = aggregate_zero_pad(updates, SHAPES, max_rank=4, scaling=S)
     averaged = fedavg_factors(updates)
-    scale = 4.0**0.5  # alpha / r = 4, folded in as sqrt into each factor
     for name in SHAPES:
         torch.testing.assert_close(padded[name].A, averaged[name].A)
         torch.testing.assert_close(padded[name].B, averaged[name].B)
         plain_a = (10 * updates[0].factors[name].A + 30 * updates[1].factors[name].A) / 40
-        torch.testing.assert_close(averaged[name].A, scale * plain_a)
-    assert AGGREGATORS["fedavg"](updates, SHAPES, 4)["q"].rank == 4
+        torch.testing.assert_close(averaged[name].A, plain_a)
+        torch.testing.assert_close(folded[name].A, S**0.5 * plain_a)  # sqrt(s) in each factor
 
 
 def test_zero_pad_dilutes_pruned_coordinates_and_pads_ranks():
     full = SHAPES["down"]
     wide = pruned_update("down", torch.arange(10), torch.arange(16), 4, seed=1, examples=1)
     narrow = pruned_update("down", torch.arange(5), torch.arange(16), 2, seed=2, examples=1)
-    result = aggregate_zero_pad([wide, narrow], {"down": full}, max_rank=8)["down"]
+    result = aggregate_zero_pad([wide, narrow], {"down": full}, max_rank=8, scaling=2.0)["down"]
     assert result.A.shape == (8, 16) and result.B.shape == (10, 8)
     assert torch.all(result.A[4:] == 0) and torch.all(result.B[:, 4:] == 0)
     torch.testing.assert_close(result.B[5:, :4], 2.0**0.5 * wide.factors["down"].B[5:] / 2)
@@ -161,34 +155,49 @@ def test_zero_delta_gives_peft_like_init_and_null_components_stay_trainable():
 
 
 def test_round_trip_down_link_then_aggregate_keeps_the_global_delta():
-    global_factors = aggregate_masked_svd([unpruned_update(4, 0, 1)], SHAPES, max_rank=8)
-    downs = [
-        restrict_and_truncate(global_factors, {}, {}, rank=r, scaling=16.0 / r) for r in (4, 8)
-    ]
-    ups = [
-        DeviceLoraUpdate(factors=f, scaling=16.0 / r, rows={}, cols={}, num_examples=3)
-        for f, r in zip(downs, (4, 8), strict=True)
-    ]
-    merged = aggregate_masked_svd(ups, SHAPES, max_rank=8)
+    global_factors = aggregate_masked_svd([unpruned_update(4, 0, 1)], SHAPES, 8, S)
+    downs = [restrict_and_truncate(global_factors, {}, {}, rank=r, scaling=S) for r in (4, 8)]
+    ups = [LoraUpload(factors=f, rows={}, cols={}, num_examples=3) for f in downs]
+    merged = aggregate_masked_svd(ups, SHAPES, max_rank=8, scaling=S)
     for name in SHAPES:
         torch.testing.assert_close(merged[name].delta(), global_factors[name].delta())
 
 
-def test_restrict_and_slice_inverts_the_folded_scaling():
+def test_slice_factors_takes_leading_components_at_kept_coordinates():
     update = unpruned_update(4, 0, 1)
     global_factors = aggregate_zero_pad([update], SHAPES, max_rank=8)
-    down = restrict_and_slice(global_factors, {}, {}, rank=4, scaling=4.0)
+    down = slice_factors(global_factors, {}, {}, rank=4)
     for name in SHAPES:
         torch.testing.assert_close(down[name].A, update.factors[name].A)
         torch.testing.assert_close(down[name].B, update.factors[name].B)
     rows = {"q": torch.tensor([1, 2])}
-    sliced = restrict_and_slice(global_factors, rows, {}, rank=2, scaling=4.0)["q"]
+    sliced = slice_factors(global_factors, rows, {}, rank=2)["q"]
     torch.testing.assert_close(sliced.B, update.factors["q"].B[[1, 2], :2])
+    sliced.B.add_(1.0)  # a copy: training the down-link never writes into the global
+    torch.testing.assert_close(global_factors["q"].B[[1, 2], :2], update.factors["q"].B[[1, 2], :2])
 
 
-def test_initial_global_factors_and_average_tensors():
-    init = initial_global_factors(SHAPES, rank=4, seed=0)
-    assert all(torch.all(f.B == 0) and f.A.abs().sum() > 0 for f in init.values())
+def test_each_rule_is_one_registered_class_with_downlink_and_aggregate():
+    assert set(AGGREGATORS) == {"fedavg", "zero-pad", "masked-svd", "masked-svd-residual"}
+    factors = {n: random_factors(4, o, i, 30 + k) for k, (n, (o, i)) in enumerate(SHAPES.items())}
+    updates = [unpruned_update(4, 0, 10), unpruned_update(4, 10, 30)]
+    for name in AGGREGATORS:
+        rule = make_aggregator(name)
+        down = rule.downlink(factors, S, {}, {}, 4)
+        assert {n: (f.B.shape, f.A.shape) for n, f in down.items()} == {
+            n: ((o, 4), (4, i)) for n, (o, i) in SHAPES.items()
+        }
+        merged = rule.aggregate(factors, S, 4, updates, 1.0)
+        assert all(f.rank == 4 for f in merged.values())
+    # factor averaging keeps the uploads' convention; masked SVD averages the deltas
+    fedavg = make_aggregator("fedavg").aggregate(factors, S, 4, updates, 1.0)
+    torch.testing.assert_close(fedavg["q"].A, fedavg_factors(updates)["q"].A)
+    svd = make_aggregator("masked-svd").aggregate(factors, S, 8, updates, 1.0)
+    expected = (10 * updates[0].factors["q"].delta(S) + 30 * updates[1].factors["q"].delta(S)) / 40
+    torch.testing.assert_close(svd["q"].delta(S), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_average_tensors():
     heads = [torch.full((2, 3), 1.0), torch.full((2, 3), 4.0)]
     torch.testing.assert_close(average_tensors(heads, [2.0, 1.0]), torch.full((2, 3), 2.0))
     torch.testing.assert_close(average_tensors(heads, [0.0, 0.0]), torch.full((2, 3), 2.5))
@@ -197,17 +206,16 @@ def test_initial_global_factors_and_average_tensors():
 
 
 def test_shape_errors_are_reported():
-    bad = DeviceLoraUpdate(
+    bad = LoraUpload(
         factors={"q": random_factors(2, 5, 10, 0)},
-        scaling=1.0,
         rows={"q": torch.arange(6)},
         cols={},
         num_examples=1,
     )
     with pytest.raises(ValueError, match="kept rows"):
-        aggregate_masked_svd([bad], {"q": SHAPES["q"]}, max_rank=4)
+        aggregate_masked_svd([bad], {"q": SHAPES["q"]}, max_rank=4, scaling=1.0)
     with pytest.raises(ValueError, match="no full shape"):
-        aggregate_masked_svd([unpruned_update(2, 0, 1)], {"q": SHAPES["q"]}, max_rank=4)
+        aggregate_masked_svd([unpruned_update(2, 0, 1)], {"q": SHAPES["q"]}, 4, 1.0)
 
 
 def _random_global(rank, seed):
@@ -223,8 +231,8 @@ def _low_rank_round(global_factors, rank, progress_seed, scaling=2.0, rows=None,
     for k, (name, f) in enumerate(received.items()):
         step = random_factors(rank, f.B.shape[0], f.A.shape[1], progress_seed + k)
         trained[name] = LoraFactors(A=f.A + 0.1 * step.A, B=f.B + 0.1 * step.B)
-    update = DeviceLoraUpdate(
-        trained, scaling, rows, cols, 10, received=received, received_rows=rows, received_cols=cols
+    update = LoraUpload(
+        trained, rows, cols, 10, received=received, received_rows=rows, received_cols=cols
     )
     return received, update
 
@@ -234,8 +242,10 @@ def test_residual_aggregation_keeps_what_the_low_rank_down_link_left_out():
         n: random_factors(6, o, i, 40 + k) for k, (n, (o, i)) in enumerate(SHAPES.items())
     }
     received, update = _low_rank_round(global_factors, rank=2, progress_seed=7)
-    plain = aggregate_masked_svd([update], SHAPES, 12, previous=global_factors)
-    kept = aggregate_masked_svd([update], SHAPES, 12, previous=global_factors, keep_residual=True)
+    plain = aggregate_masked_svd([update], SHAPES, 12, 2.0, previous=global_factors)
+    kept = aggregate_masked_svd(
+        [update], SHAPES, 12, 2.0, previous=global_factors, keep_residual=True
+    )
     for name in SHAPES:
         progress = update.factors[name].delta(2.0) - received[name].delta(2.0)
         expected = global_factors[name].delta() + progress  # the global moved by what was learned
@@ -252,9 +262,9 @@ def test_residual_aggregation_equals_plain_when_the_down_link_is_exact():
     }
     _, first = _low_rank_round(global_factors, rank=3, progress_seed=1)
     _, second = _low_rank_round(global_factors, rank=4, progress_seed=2)
-    plain = aggregate_masked_svd([first, second], SHAPES, 12, previous=global_factors)
+    plain = aggregate_masked_svd([first, second], SHAPES, 12, 2.0, previous=global_factors)
     kept = aggregate_masked_svd(
-        [first, second], SHAPES, 12, previous=global_factors, keep_residual=True
+        [first, second], SHAPES, 12, 2.0, previous=global_factors, keep_residual=True
     )
     for name in SHAPES:
         torch.testing.assert_close(kept[name].delta(), plain[name].delta(), rtol=1e-9, atol=1e-9)
@@ -267,17 +277,17 @@ def test_residual_aggregation_on_pruned_coordinates_touches_only_what_the_device
     rows = {"q": torch.tensor([0, 2, 5, 7, 11])}
     cols = {"down": torch.tensor([1, 3, 4, 8, 9, 12, 15])}
     received, update = _low_rank_round(global_factors, 2, 3, rows=rows, cols=cols)
-    kept = aggregate_masked_svd([update], SHAPES, 12, previous=global_factors, keep_residual=True)
+    kept = aggregate_masked_svd(
+        [update], SHAPES, 12, 2.0, previous=global_factors, keep_residual=True
+    )
     for name in SHAPES:
-        delta, mask = to_full_delta(update, name, SHAPES[name])
-        sent, _ = to_full_delta(DeviceLoraUpdate(received, 2.0, rows, cols, 0), name, SHAPES[name])
+        delta, mask = to_full_delta(update, name, SHAPES[name], 2.0)
+        sent, _ = to_full_delta(LoraUpload(received, rows, cols, 0), name, SHAPES[name], 2.0)
         expected = global_factors[name].delta() + mask * (delta - sent)
         torch.testing.assert_close(kept[name].delta(), expected, rtol=1e-9, atol=1e-9)
 
 
 def test_step_toward_is_the_convex_move_and_exact_at_one():
-    from fedspine.lora.aggregation import step_toward
-
     previous, target = torch.zeros(3), torch.tensor([2.0, -4.0, 8.0])
     assert torch.equal(step_toward(previous, target, 1.0), target)
     assert torch.allclose(step_toward(previous, target, 0.25), torch.tensor([0.5, -1.0, 2.0]))

@@ -25,8 +25,9 @@ from typer.testing import CliRunner
 import fedspine.resources  # noqa: F401  (import torch/transformers once, outside the timings)
 from fedspine import cli
 from fedspine.errors import ConfigError
-from fedspine.report.record import RunDirectory, read_rounds
-from fedspine.runner import QUIET_LOGGERS, abandon_run
+from fedspine.logs import QUIET_LOGGERS
+from fedspine.report.record import read_rounds
+from fedspine.run_dir import RunDirectory, abandon_run
 
 torch.set_num_threads(1)
 
@@ -320,7 +321,7 @@ def test_failed_run_keeps_its_partial_dir_only_when_a_round_finished(tmp_path):
 )
 def test_run_method_comes_from_set_unless_method_is_given(args, expected, capsys, monkeypatch):
     """`--set run.method=X` (or a config file's) must not be overridden by --method's default."""
-    import fedspine.runner
+    import fedspine.flower.simulation
 
     seen = {}
 
@@ -328,7 +329,7 @@ def test_run_method_comes_from_set_unless_method_is_given(args, expected, capsys
         seen["method"] = cfg.run.method
         raise ConfigError("stop here")
 
-    monkeypatch.setattr(fedspine.runner, "simulate", fake_simulate)
+    monkeypatch.setattr(fedspine.flower.simulation, "simulate", fake_simulate)
     code, _, err, _ = run_main(["run", "--preset", "smoke", *args], capsys, monkeypatch)
     assert code != 0 and "stop here" in err
     assert seen["method"] == expected

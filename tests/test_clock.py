@@ -10,7 +10,6 @@ from fedspine.fleet.clock import (
     conditions_at,
     is_low_power,
     round_time_s,
-    synchronous_round_time,
 )
 from fedspine.fleet.profiles import BYTES_PER_MB, FleetSpec, make_fleet
 
@@ -80,20 +79,14 @@ def test_round_zero_is_rejected():
 
 def test_round_time_is_sum_of_parts_and_monotone():
     cond = RoundConditions(flops_per_s=2e12, bandwidth_Bps=4e6, low_power=False)
-    total = round_time_s(4e12, 2_000_000, 6_000_000, cond, latency_s=0.05, messages=2)
-    assert total == pytest.approx(2.0 + 2.0 + 0.1)
+    total = round_time_s(4e12, 2_000_000, 6_000_000, cond, latency_s=0.05)
+    assert total == pytest.approx(2.0 + 2.0 + 0.1)  # two messages' latency
     assert total == pytest.approx(
-        compute_time_s(4e12, cond) + comm_time_s(2_000_000, 6_000_000, cond, 0.05, 2)
+        compute_time_s(4e12, cond) + comm_time_s(2_000_000, 6_000_000, cond, 0.05)
     )
     assert round_time_s(8e12, 2_000_000, 6_000_000, cond, 0.05) > total
     assert round_time_s(4e12, 3_000_000, 6_000_000, cond, 0.05) > total
     assert round_time_s(4e12, 2_000_000, 7_000_000, cond, 0.05) > total
-    assert round_time_s(4e12, 2_000_000, 6_000_000, cond, 0.05, messages=4) > total
+    assert round_time_s(4e12, 2_000_000, 6_000_000, cond, 0.06) > total
     with pytest.raises(ValueError):
         round_time_s(-1.0, 0, 0, cond, 0.05)
-
-
-def test_synchronous_round_waits_for_slowest():
-    assert synchronous_round_time([3.0, 7.5, 1.0]) == 7.5
-    with pytest.raises(ValueError):
-        synchronous_round_time([])

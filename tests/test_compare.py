@@ -13,16 +13,16 @@ import pytest
 import torch
 
 from fedspine.compare import (
-    DEFAULT_METHODS,
     LatencySetup,
     check_reusable,
+    default_methods,
     method_config,
     parse_methods,
     run_compare,
 )
 from fedspine.config import config_to_toml, load_config, read_toml
 from fedspine.errors import ConfigError
-from fedspine.methods.registry import METHODS
+from fedspine.methods.registry import method_names
 from fedspine.report.comparison import (
     build_comparison,
     format_markdown,
@@ -176,9 +176,9 @@ def test_markdown_states_the_time_budget_and_each_runs_length(tmp_path):
 
 
 def test_default_methods_are_all_of_the_registry_with_fedspine_first():
-    assert parse_methods(None) == list(DEFAULT_METHODS)
-    assert DEFAULT_METHODS[0] == "fedspine" and set(DEFAULT_METHODS) == set(METHODS)
-    assert len(DEFAULT_METHODS) == 8
+    assert parse_methods(None) == list(default_methods())
+    assert default_methods()[0] == "fedspine" and set(default_methods()) == set(method_names())
+    assert len(default_methods()) == 8
     assert parse_methods("hetlora, fedspine,hetlora") == ["hetlora", "fedspine"]
 
 
@@ -366,12 +366,12 @@ def test_second_call_reused_the_finished_run(compared):
 
 @pytest.mark.slow
 def test_rerun_reuses_everything_without_simulating(compared, monkeypatch):
-    import fedspine.runner
+    import fedspine.flower.simulation
 
     def refuse(*_args, **_kwargs):
         raise AssertionError("a finished method was simulated again")
 
-    monkeypatch.setattr(fedspine.runner, "simulate", refuse)
+    monkeypatch.setattr(fedspine.flower.simulation, "simulate", refuse)
     out = compared["out"]
     before = {m: (out / m / "summary.json").stat().st_mtime_ns for m in ("fedlora", "fedspine")}
     messages = []

@@ -8,9 +8,9 @@ from fedspine.config import (
     config_to_dict,
     config_to_toml,
     load_config,
-    parse_tiers,
 )
 from fedspine.errors import ConfigError
+from fedspine.fleet.profiles import parse_tiers
 
 
 def test_presets_resolve_and_differ():

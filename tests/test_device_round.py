@@ -5,20 +5,27 @@ import torch
 
 from fedspine.config import load_config
 from fedspine.device_round import (
-    DevicePlan,
     prune_points,
     round_learning_rates,
     run_device_round,
     sparsity_schedule,
 )
 from fedspine.evaluation import full_kept
+from fedspine.protocol import DevicePlan, DeviceRecipe, Downlink
 from fedspine.pruning import module_kept_indices
 from fedspine.resources import build_resources
+
+PRUNE = DeviceRecipe.PRUNE_AND_TUNE
 
 
 @pytest.fixture(scope="module")
 def res():
     return build_resources(load_config("smoke", overrides=["train.local_steps=6"]))
+
+
+def device_round(res, device, plan, fleet_prior=None):
+    """One round from the unpruned structure with a fresh (empty) down-link."""
+    return run_device_round(res, device, Downlink(plan, full_kept(res), {}, {}, fleet_prior))
 
 
 def test_learning_rates_decay_per_round_from_the_first():
@@ -40,17 +47,19 @@ def test_prune_points_leave_recovery_steps():
 
 def test_pruning_round_reaches_target_and_uplinks_in_kept_coordinates(res):
     device = res.fleet[0]
-    plan = DevicePlan(round_num=1, lora_rank=4, target_sparsity=0.5, local_steps=6)
-    result = run_device_round(res, device, plan, full_kept(res), {}, {})
-    assert result.ok and result.metrics["sparsity"] == pytest.approx(0.5, abs=0.02)
-    assert result.metrics["time_s"] > 0 and result.metrics["bytes_up"] > 0
-    assert result.scores is not None  # the importance EMA the node keeps for later rounds
+    plan = DevicePlan(round_num=1, lora_rank=4, target_sparsity=0.5, recipe=PRUNE, local_steps=6)
+    result = device_round(res, device, plan)
+    up, report = result.uplink, result.uplink.report
+    assert report.ok and report.sparsity == pytest.approx(0.5, abs=0.02)
+    assert report.time_s > 0 and report.bytes_up > 0
+    assert result.carried_scores is not None  # the importance EMA the node keeps
+    assert up.scores is result.carried_scores  # ... and uploads for the fleet prior
     # aggregation weight = local dataset size (FedAvg's n_k), not the examples processed
-    assert result.metrics["num_examples"] == len(res.partitions[device.device_id])
-    assert result.metrics["examples_processed"] == 6 * res.config.train.batch_size
-    per_module = module_kept_indices(res.base.adapter, result.kept)
+    assert report.num_examples == len(res.partitions[device.device_id])
+    assert report.examples_processed == 6 * res.config.train.batch_size
+    per_module = module_kept_indices(res.base.adapter, up.kept)
     for name, (rows, cols) in per_module.items():
-        factors = result.factors[name]
+        factors = up.factors[name]
         assert factors.A.shape[0] == factors.B.shape[1] == 4
         if rows is not None:
             assert factors.B.shape[0] == len(rows)
@@ -60,22 +69,23 @@ def test_pruning_round_reaches_target_and_uplinks_in_kept_coordinates(res):
 
 def test_pruned_device_does_less_work_than_unpruned(res):
     device = res.fleet[0]
-    full = run_device_round(
-        res, device, DevicePlan(1, 4, 0.0, local_steps=6), full_kept(res), {}, {}
-    )
-    pruned = run_device_round(
-        res, device, DevicePlan(1, 4, 0.5, local_steps=6), full_kept(res), {}, {}
-    )
-    assert pruned.metrics["train_flops"] < 0.9 * full.metrics["train_flops"]
-    assert full.metrics["sparsity"] == 0.0
+    full = device_round(res, device, DevicePlan(1, 4, 0.0, PRUNE, local_steps=6)).uplink
+    pruned = device_round(res, device, DevicePlan(1, 4, 0.5, PRUNE, local_steps=6)).uplink
+    assert pruned.report.train_flops < 0.9 * full.report.train_flops
+    assert full.report.sparsity == 0.0
 
 
-def test_one_shot_and_rank_self_pruning(res):
-    plan = DevicePlan(1, 8, 0.5, prune_one_shot=True, rank_self_prune=True, local_steps=6)
-    result = run_device_round(res, res.fleet[1], plan, full_kept(res), {}, {})
-    assert result.metrics["sparsity"] == pytest.approx(0.5, abs=0.02)
-    assert 1 <= result.metrics["lora_rank"] <= 8
-    assert all(f.A.shape[0] == result.metrics["lora_rank"] for f in result.factors.values())
+def test_the_recipe_decides_what_the_device_does_with_its_target(res):
+    one_shot = DevicePlan(1, 8, 0.5, DeviceRecipe.ONE_SHOT_PRUNE, local_steps=6)
+    result = device_round(res, res.fleet[1], one_shot).uplink
+    assert result.report.sparsity == pytest.approx(0.5, abs=0.02)
+    assert result.scores is None  # one-shot Taylor scores are not an EMA to share
+    untouched = device_round(res, res.fleet[1], DevicePlan(1, 8, 0.5, local_steps=6)).uplink
+    assert untouched.report.sparsity == 0.0  # recipe none: a target alone prunes nothing
+    self_pruned = DevicePlan(1, 8, 0.0, DeviceRecipe.RANK_SELF_PRUNE, local_steps=6)
+    result = device_round(res, res.fleet[1], self_pruned).uplink
+    assert 1 <= result.report.lora_rank <= 8
+    assert all(f.A.shape[0] == result.report.lora_rank for f in result.factors.values())
 
 
 def test_fleet_prior_steers_the_devices_pruning_and_is_costed(res):
@@ -94,9 +104,9 @@ def test_fleet_prior_steers_the_devices_pruning_and_is_costed(res):
         channels=torch.tensor(channels),
     )
     prior = (layer,) * dims.num_layers
-    plan = DevicePlan(round_num=2, lora_rank=4, target_sparsity=0.5, local_steps=6)
-    steered = run_device_round(res, res.fleet[2], plan, full_kept(res), {}, {}, fleet_prior=prior)
-    local = run_device_round(res, res.fleet[2], plan, full_kept(res), {}, {})
+    plan = DevicePlan(round_num=2, lora_rank=4, target_sparsity=0.5, recipe=PRUNE, local_steps=6)
+    steered = device_round(res, res.fleet[2], plan, fleet_prior=prior).uplink
+    local = device_round(res, res.fleet[2], plan).uplink
 
     def favoured_share(result) -> float:
         kept = [c for layer in result.kept.layers for c in layer.channels]
@@ -106,6 +116,6 @@ def test_fleet_prior_steers_the_devices_pruning_and_is_costed(res):
     assert favoured_share(local) <= 0.65  # ~0.5 without it
     top_heads = set(range(dims.num_heads // 2))
     assert sum(len(top_heads & set(k.heads)) for k in steered.kept.layers) >= 0.75 * 6 * 6
-    assert steered.scored and local.scored
+    assert steered.scores is not None and local.scores is not None
     prior_bytes = payload_bytes(scores_to_tensors(prior))
-    assert steered.metrics["bytes_down"] == local.metrics["bytes_down"] + prior_bytes
+    assert steered.report.bytes_down == local.report.bytes_down + prior_bytes

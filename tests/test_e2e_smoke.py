@@ -5,8 +5,8 @@ import json
 import pytest
 
 from fedspine.config import load_config
+from fedspine.flower.simulation import simulate
 from fedspine.report.record import read_rounds, read_summary
-from fedspine.runner import simulate
 
 pytestmark = pytest.mark.slow
 

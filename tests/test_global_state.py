@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from fedspine.global_state import DeviceUpload, GlobalLora, update_norm
-from fedspine.lora.aggregation import LoraFactors
+from fedspine.global_state import GlobalLora, update_norm
+from fedspine.lora import LoraUpload
+from fedspine.lora.factors import LoraFactors
 
 
 def _global(aggregation: str = "masked-svd") -> GlobalLora:
@@ -17,14 +18,14 @@ def test_update_norm_equals_the_dense_difference_in_kept_coordinates():
     g = _global()
     rows, cols = torch.tensor([0, 2, 5]), torch.tensor([1, 3, 4, 7, 11])
     device = LoraFactors(A=torch.randn(2, 5), B=torch.randn(3, 2))
-    upload = DeviceUpload({"m": device}, {"m": rows}, {"m": cols}, {}, 10)
+    upload = LoraUpload({"m": device}, {"m": rows}, {"m": cols}, 10)
     dense = 2.0 * (device.B @ device.A) - 2.0 * (g.factors["m"].B @ g.factors["m"].A)[rows][:, cols]
     assert update_norm(g, upload) == pytest.approx(float(dense.norm()), rel=1e-4)
 
 
 def test_unchanged_upload_has_zero_update_norm():
     g = _global()
-    upload = DeviceUpload(dict(g.factors), {}, {}, {}, 10)
+    upload = LoraUpload(dict(g.factors), {}, {}, 10)
     assert update_norm(g, upload) == pytest.approx(0.0, abs=1e-3)
 
 
@@ -38,8 +39,8 @@ def test_downlink_reconstructs_the_restricted_delta_at_full_rank():
     assert sliced.A.shape == (2, 3) and sliced.B.shape == (3, 2)
 
 
-def _upload(factors: LoraFactors, head: torch.Tensor, examples: int = 10) -> DeviceUpload:
-    return DeviceUpload({"m": factors}, {}, {}, {"bias": head}, examples)
+def _upload(factors: LoraFactors, head: torch.Tensor, examples: int = 10) -> LoraUpload:
+    return LoraUpload({"m": factors}, {}, {}, examples, head={"bias": head})
 
 
 @pytest.mark.parametrize("aggregation", ["fedavg", "zero-pad"])
@@ -78,7 +79,7 @@ def test_server_step_moves_the_global_delta_that_share_of_the_way(aggregation):
         {"m": padded}, {}, scaling=2.0, max_rank=4, aggregation=aggregation, server_step=0.5
     )
     for g in (g_full, g_half):
-        g.aggregate([DeviceUpload({"m": device}, {}, {}, {}, 10)])
+        g.aggregate([LoraUpload({"m": device}, {}, {}, 10)])
     old = start.B @ start.A
     new_full = g_full.factors["m"].B @ g_full.factors["m"].A
     new_half = g_half.factors["m"].B @ g_half.factors["m"].A

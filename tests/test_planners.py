@@ -45,25 +45,22 @@ def test_warmup_cap_rises_to_the_target_and_bounds_every_random_arm():
 def test_bandit_logs_the_tree_that_proposed_the_arm_not_the_next_one():
     """A device's first pull comes from the fleet tree; its reward row must say so, even though
     the reward gives it a speed (so its next pull may come from its speed group's tree)."""
+    from fedspine.bandit.sucb import GROUP_AFTER
     from fedspine.config import Config
     from fedspine.methods.base import DeviceView
     from fedspine.methods.fedspine import BanditPlanner
+    from fedspine.protocol import DeviceReport, ParticipantOutcome
 
     planner = BanditPlanner(Config(), "shared", num_devices=8)
-    planner.pool.config["group_after"] = 1  # one pull is enough for a group to propose
-    outcome = {
-        "ok": True,
-        "time_s": 2.0,
-        "train_flops": 1e12,
-        "loss_before": 1.0,
-        "loss_after": 0.8,
-        "sparsity": 0.1,
-        "update_norm": 1.0,
-    }
+    report = DeviceReport(
+        ok=True, time_s=2.0, train_flops=1e12, loss_before=1.0, loss_after=0.8, sparsity=0.1
+    )
     sources = []
-    for round_num, node in ((1, 1), (2, 2), (3, 1)):
+    # node 1 pulls until its speed group's tree may propose; node 2 (no speed yet) once
+    schedule = [(r, 1) for r in range(1, GROUP_AFTER + 1)] + [(GROUP_AFTER + 1, 2)]
+    for round_num, node in [*schedule, (GROUP_AFTER + 2, 1)]:
         planner.assign(round_num, DeviceView(node, 0.0, 0, 0, "tx2"), final_round=False)
-        logs = planner.observe(round_num, [{**outcome, "node_id": node}])
-        sources.append(logs[0]["tree"])
-    # node 1 first: fleet; node 2 (never seen, no speed yet): fleet; node 1 again: its group's
-    assert sources == ["fleet", "fleet", "group"]
+        outcome = ParticipantOutcome(node, node, "tx2", report, update_norm=1.0)
+        sources.append(planner.observe(round_num, [outcome])[0]["tree"])
+    # node 1's first pulls: fleet; node 2 (never seen): fleet; node 1 again: its group's
+    assert sources == ["fleet"] * (GROUP_AFTER + 1) + ["group"]

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from fedspine.bandit.sucb import BanditPool
+from fedspine.bandit.sucb import GROUP_AFTER, BanditPool
 from fedspine.fleet.clock import RoundConditions, round_time_s
 from fedspine.fleet.probe import (
     PROBE_BYTES,
@@ -40,15 +40,15 @@ def test_slow_compute_and_slow_links_both_lower_the_estimate():
 
 
 def test_probed_speed_places_a_device_in_a_group_before_its_first_pull():
-    pool = BanditPool("shared", (0.0, 0.5), (2, 8), group_after=1)
+    pool = BanditPool("shared", (0.0, 0.5), (2, 8))
     assert pool.group_of("a") is None and pool.source_of("a") == "fleet"
     pool.observe_speed("a", 1e12)
     pool.observe_speed("b", 1e12 * 1.05)  # same bucket
     pool.observe_speed("c", 1e12 / 8)  # three buckets of sqrt(2) slower
     assert pool.group_of("a") == pool.group_of("b") == 0
     assert pool.group_of("c") == round(math.log2(1 / 8) / 0.5)
-    arm = pool.propose("a")
-    pool.update("a", arm, 1.0)  # no new speed: the probed one stands
+    for _ in range(GROUP_AFTER):
+        pool.update("a", pool.propose("a"), 1.0)  # no new speed: the probed one stands
     assert pool.group_of("a") == 0
     assert pool.source_of("b") == "group"  # b never trained, yet its group's tree proposes
     assert pool.source_of("c") == "fleet"  # c's group has no pulls yet

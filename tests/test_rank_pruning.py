@@ -2,7 +2,7 @@
 
 import torch
 
-from fedspine.lora.aggregation import LoraFactors
+from fedspine.lora.factors import LoraFactors
 from fedspine.lora.rank_pruning import self_pruned_rank, truncate_rank
 
 

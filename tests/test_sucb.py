@@ -1,6 +1,5 @@
 """S-UCB and the bandit pool on synthetic rewards (no model): regret, drift, sharing, limits."""
 
-import json
 import math
 
 import numpy as np
@@ -8,12 +7,8 @@ import pytest
 import torch
 
 from fedspine.bandit import Arm, BanditPool, SmoothUCB
-from fedspine.bandit.grouping import (
-    choose_tree_source,
-    group_devices,
-    smoothed_log2_speed,
-    speed_bucket,
-)
+from fedspine.bandit.grouping import choose_tree_source, smoothed_log2_speed, speed_bucket
+from fedspine.bandit.sucb import DISCOUNT, GROUP_AFTER, INHERIT_WEIGHT, OWN_AFTER
 from fedspine.errors import ConfigError
 
 torch.set_num_threads(1)
@@ -34,10 +29,10 @@ def best_reward(centre: tuple[float, float]) -> float:
     return max(bump(Arm(float(p), r), centre) for p in P_GRID for r in RANKS)
 
 
-def play(bandit_seed: int, steps: int, centres, shift_at=None, random_arms=False, **options):
+def play(bandit_seed: int, steps: int, centres, shift_at=None, random_arms=False):
     """Mean rewards per step; centres[1] takes over from step shift_at."""
     rng = np.random.default_rng(1000 + bandit_seed)
-    bandit = SmoothUCB(P_RANGE, RANK_RANGE, seed=bandit_seed, **options)
+    bandit = SmoothUCB(P_RANGE, RANK_RANGE, seed=bandit_seed)
     means = []
     for step in range(steps):
         centre = centres[1] if shift_at is not None and step >= shift_at else centres[0]
@@ -67,7 +62,7 @@ def test_regret_is_sublinear_and_beats_random_arms():
 def test_recovers_after_the_reward_shifts():
     old, new, steps, shift = (0.7, 0.6), (0.15, 0.1), 800, 400
     new_optimum = best_reward(new)
-    runs = [play(s, steps, [old, new], shift_at=shift, discount=0.95) for s in range(4)]
+    runs = [play(s, steps, [old, new], shift_at=shift) for s in range(4)]
     just_after = np.mean([r[shift : shift + 50].mean() for r in runs])
     last_window = np.mean([r[-50:].mean() for r in runs])
     assert just_after < 0.8 * new_optimum  # the shift really hurt
@@ -112,7 +107,7 @@ def test_proposals_respect_floor_cap_and_rank_range():
         assert floor <= arm.prune_ratio <= cap
         assert arm.lora_rank in (4, 8, 16, 32)
         bandit.update(arm, bump(arm, (0.5, 0.5)))
-    assert len(bandit.leaf_summary()) > 1  # the tree did refine under constraints
+    assert len(bandit._leaves) > 1  # the tree did refine under constraints
 
 
 def test_interval_outside_the_box_stays_within_the_hard_limits():
@@ -127,24 +122,24 @@ def test_interval_outside_the_box_stays_within_the_hard_limits():
         bandit.propose(p_floor=0.5, p_cap=0.4)
 
 
-def test_int_rank_grid_and_degenerate_ranges():
-    bandit = SmoothUCB((0.0, 0.0), (3, 48), rank_grid="int", seed=1)
-    ranks = set()
+def test_degenerate_ranges_are_never_split():
+    bandit = SmoothUCB((0.0, 0.0), (4, 32), seed=1)
     for _ in range(200):
         arm = bandit.propose()
-        assert arm.prune_ratio == 0.0 and 3 <= arm.lora_rank <= 48
-        ranks.add(arm.lora_rank)
+        assert arm.prune_ratio == 0.0 and arm.lora_rank in (4, 8, 16, 32)
         bandit.update(arm, -abs(math.log2(arm.lora_rank) - 4))
-    assert any(r & (r - 1) for r in ranks)  # not only powers of two
+    leaves = [bandit._cells[i] for i in bandit._leaves]
+    assert len(leaves) > 1  # the rank side refined ...
+    assert all(leaf.lo[0] == leaf.hi[0] == 0.0 for leaf in leaves)  # ... the zero-width p side not
     fixed = SmoothUCB((0.3, 0.3), (8, 8), seed=0)
     for _ in range(20):
         arm = fixed.propose()
         assert (arm.prune_ratio, arm.lora_rank) == (0.3, 8)
         fixed.update(arm, 1.0)
-    assert len(fixed.leaf_summary()) == 1  # nothing to split
+    assert len(fixed._leaves) == 1  # nothing to split
 
 
-def test_seeded_determinism_and_state_round_trip():
+def test_seeded_determinism():
     def arms(bandit, n):
         out = []
         for i in range(n):
@@ -159,21 +154,19 @@ def test_seeded_determinism_and_state_round_trip():
     assert arms(SmoothUCB(P_RANGE, RANK_RANGE, seed=7), 60) != arms(
         SmoothUCB(P_RANGE, RANK_RANGE, seed=8), 60
     )
-    bandit = SmoothUCB(P_RANGE, RANK_RANGE, seed=7)
-    arms(bandit, 40)
-    restored = SmoothUCB.from_dict(json.loads(json.dumps(bandit.to_dict())))
-    assert arms(restored, 30) == arms(bandit, 30)
 
 
-def test_pool_state_round_trip_and_per_device_isolation():
-    pool = BanditPool("shared", P_RANGE, RANK_RANGE, seed=2)
-    for device in range(12):
-        arm = pool.propose(device)
-        pool.update(device, arm, bump(arm, (0.5, 0.5)), effective_speed=1.0 + device)
-    restored = BanditPool.from_dict(json.loads(json.dumps(pool.to_dict())))
+def test_pool_seeded_determinism_and_per_device_isolation():
+    def pool_after_updates():
+        pool = BanditPool("shared", P_RANGE, RANK_RANGE, seed=2)
+        for device in range(12):
+            arm = pool.propose(device)
+            pool.update(device, arm, bump(arm, (0.5, 0.5)), effective_speed=1.0 + device)
+        return pool
+
+    first, second = pool_after_updates(), pool_after_updates()
     for device in (0, 5, 99):
-        assert restored.propose(device) == pool.propose(device)
-    assert restored.groups() == pool.groups()
+        assert first.propose(device) == second.propose(device)
     isolated = BanditPool("per-device", P_RANGE, RANK_RANGE, seed=2)
     arm = isolated.propose("a")
     isolated.update("a", arm, 1.0, effective_speed=3.0)
@@ -181,13 +174,13 @@ def test_pool_state_round_trip_and_per_device_isolation():
 
 
 def test_pool_sources_follow_pulls_and_speed_drift():
-    pool = BanditPool("shared", P_RANGE, RANK_RANGE, own_after=6, group_after=3, seed=0)
+    pool = BanditPool("shared", P_RANGE, RANK_RANGE, seed=0)
     assert pool.source_of("new") == "fleet"  # never seen
-    for _ in range(3):
+    for _ in range(GROUP_AFTER):
         pool.update("a", pool.propose("a"), 0.5, effective_speed=10.0)
     assert pool.source_of("a") == "group"
     assert pool.source_of("b") == "fleet"  # speed unknown
-    for _ in range(3):
+    for _ in range(OWN_AFTER - GROUP_AFTER):
         pool.update("a", pool.propose("a"), 0.5, effective_speed=10.0)
     assert pool.source_of("a") == "own"
     fast_bucket = pool.group_of("a")
@@ -205,7 +198,8 @@ def test_grouping_functions():
     with pytest.raises(ValueError):
         smoothed_log2_speed(None, 0.0, 0.5)
     tiers = {"tx2": math.log2(1.0), "nx": math.log2(4.5), "agx": math.log2(8.0)}
-    assert len(group_devices(tiers, 0.0, 0.5)) == 3  # the default fleet's tiers stay apart
+    buckets = {speed_bucket(log2_speed, 0.0, 0.5) for log2_speed in tiers.values()}
+    assert len(buckets) == 3  # the default fleet's tiers stay apart
     assert choose_tree_source(0, None, 20, 4) == "fleet"
     assert choose_tree_source(0, 3, 20, 4) == "fleet"
     assert choose_tree_source(5, 4, 20, 4) == "group"
@@ -219,9 +213,7 @@ def test_grouping_functions():
         {"p_range": (0.0, 1.0)},
         {"rank_range": (0, 8)},
         {"rank_range": (3, 16)},
-        {"discount": 0.0},
         {"c": -1.0},
-        {"split_after": 0.5},
     ],
 )
 def test_invalid_settings_raise_config_error(options):
@@ -230,27 +222,23 @@ def test_invalid_settings_raise_config_error(options):
         SmoothUCB(**settings)
 
 
-@pytest.mark.parametrize("inherit", [0.0, 1.0])
-def test_children_inherit_the_parent_mean_at_the_configured_weight(inherit):
-    bandit = SmoothUCB(
-        P_RANGE, RANK_RANGE, split_after=2, discount=1.0, inherit_weight=inherit, seed=0
-    )
+def test_children_inherit_the_parent_mean_at_the_inherit_weight():
+    bandit = SmoothUCB(P_RANGE, RANK_RANGE, seed=0)
     for reward in (0.2, 0.6):  # the root splits after its second pull
         bandit.update(bandit.propose(), reward)
-    leaves = bandit.leaf_summary()
+    parent_mean = (DISCOUNT * 0.2 + 0.6) / (DISCOUNT + 1.0)
+    leaves = [bandit._cells[i] for i in bandit._leaves]
     assert len(leaves) == 2
-    for leaf in leaves:
-        if inherit == 0.0:
-            assert leaf["mean"] is None  # unvisited: index +inf, must be visited next
-        else:
-            assert leaf["mean"] == pytest.approx(0.4)  # the parent's mean, not a forced visit
+    for leaf in leaves:  # the parent's mean, not a forced visit (an unvisited leaf: weight 0)
+        assert leaf.weight == pytest.approx(INHERIT_WEIGHT)
+        assert leaf.reward_sum / leaf.weight == pytest.approx(parent_mean)
 
 
 def test_inheriting_children_let_rewards_steer_a_young_tree():
     """With 30 pulls, proposals must depend on the rewards (not only on the seeded sampler)."""
 
-    def arms(reward_of, inherit):
-        bandit = SmoothUCB(P_RANGE, RANK_RANGE, inherit_weight=inherit, seed=3)
+    def arms(reward_of):
+        bandit = SmoothUCB(P_RANGE, RANK_RANGE, seed=3)
         chosen = []
         for _ in range(30):
             arm = bandit.propose()
@@ -264,7 +252,7 @@ def test_inheriting_children_let_rewards_steer_a_young_tree():
     def high_rank(arm):
         return 1.0 if arm.lora_rank >= 16 else 0.0
 
-    assert arms(low_rank, 1.0) != arms(high_rank, 1.0)
-    low = sum(r <= 4 for _, r in arms(low_rank, 1.0)[10:])
-    high = sum(r <= 4 for _, r in arms(high_rank, 1.0)[10:])
+    assert arms(low_rank) != arms(high_rank)
+    low = sum(r <= 4 for _, r in arms(low_rank)[10:])
+    high = sum(r <= 4 for _, r in arms(high_rank)[10:])
     assert low > high

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedspine.bandit.reward import RewardWeights, compute_reward, time_penalty
-from fedspine.bandit.sucb import SmoothUCB
+from fedspine.bandit.sucb import DISCOUNT, SmoothUCB
 from fedspine.bandit.time_model import (
     DeviceSpeed,
     RidgeFit,
@@ -20,6 +20,14 @@ from fedspine.fleet.clock import RoundConditions, compute_time_s, round_time_s
 from fedspine.fleet.probe import ProbeResult
 from fedspine.methods.base import DeviceView
 from fedspine.methods.fedspine import BanditPlanner
+from fedspine.protocol import DeviceReport, ParticipantOutcome
+
+
+def outcome(node_id: int, update_norm: float = 0.0, **report) -> ParticipantOutcome:
+    """A hand-made participant outcome: the typed report a planner reads."""
+    return ParticipantOutcome(
+        node_id, node_id, "x", DeviceReport(**report), update_norm=update_norm
+    )
 
 
 def test_ridge_fit_starts_at_the_prior_and_converges_to_the_data():
@@ -122,20 +130,20 @@ def test_the_tree_learns_the_reward_without_its_predicted_time_term():
     planner = _planner_with_probes({0: 5e5, 1: 5e7})
     arms = {n: planner.assign(1, DeviceView(n, 0.0, 0, 0, "x"), False) for n in (0, 1)}
     outcomes = [
-        {
-            "node_id": n,
-            "ok": True,
-            "time_s": t,
-            "compute_s": 0.5,
-            "train_flops": 3.6e11,
-            "bytes_up": 300_000,
-            "bytes_down": 300_000,
-            "lora_rank": arms[n].lora_rank,
-            "loss_before": 1.0,
-            "loss_after": 0.5,
-            "sparsity": arms[n].target_sparsity,
-            "update_norm": 1.0,
-        }
+        outcome(
+            n,
+            update_norm=1.0,
+            ok=True,
+            time_s=t,
+            compute_s=0.5,
+            train_flops=3.6e11,
+            bytes_up=300_000,
+            bytes_down=300_000,
+            lora_rank=arms[n].lora_rank,
+            loss_before=1.0,
+            loss_after=0.5,
+            sparsity=arms[n].target_sparsity,
+        )
         for n, t in ((0, 3.0), (1, 0.7))
     ]
     logs = planner.observe(1, outcomes)
@@ -143,8 +151,8 @@ def test_the_tree_learns_the_reward_without_its_predicted_time_term():
     assert slow_log["time_ratio"] > 1.0  # the slow device paid a time penalty in its reward
     learned = slow_log["total"] + time_penalty(slow_log["time_ratio"], planner.weights)
     fleet = planner.pool._fleet_tree()
-    discount = fleet.config["discount"]  # node 0 updated first, then node 1 (paid nothing)
-    expected_mean = (discount * learned + logs[1]["total"]) / (discount + 1.0)
+    # node 0 updated first, then node 1 (paid nothing)
+    expected_mean = (DISCOUNT * learned + logs[1]["total"]) / (DISCOUNT + 1.0)
     root = fleet._cells[0]
     assert root.reward_sum / root.weight == pytest.approx(expected_mean)
     assert planner.speeds[0].bandwidth_Bps < planner.speeds[1].bandwidth_Bps
@@ -155,7 +163,7 @@ def test_a_failed_round_keeps_its_whole_penalty_in_the_tree():
     """Out of memory is not a matter of speed: the tree must learn the full failure reward."""
     planner = _planner_with_probes({0: 5e6})
     planner.assign(1, DeviceView(0, 0.0, 0, 0, "x"), False)
-    logs = planner.observe(1, [{"node_id": 0, "ok": False}])
+    logs = planner.observe(1, [outcome(0, ok=False)])
     root = planner.pool._fleet_tree()._cells[0]
     assert logs[0]["failed"] and logs[0]["total"] < 0
     assert root.reward_sum / root.weight == pytest.approx(logs[0]["total"])
@@ -166,20 +174,20 @@ def test_without_a_probe_the_first_report_sizes_the_work_prior_per_rank():
     planner = BanditPlanner(Config(), "per-device", num_devices=1)
     arm = planner.assign(1, DeviceView(0, 0.0, 0, 0, "x"), False)
     moved = 200_000 * 2  # the device used rank 2: 200 KB per rank unit, both ways
-    outcome = {
-        "node_id": 0,
-        "ok": True,
-        "time_s": 2.0,
-        "compute_s": 1.0,
-        "train_flops": 3.6e11,
-        "bytes_up": moved // 2,
-        "bytes_down": moved // 2,
-        "lora_rank": 2,
-        "loss_before": 1.0,
-        "loss_after": 0.5,
-        "sparsity": arm.target_sparsity,
-        "update_norm": 1.0,
-    }
-    planner.observe(1, [outcome])
+    report = outcome(
+        0,
+        update_norm=1.0,
+        ok=True,
+        time_s=2.0,
+        compute_s=1.0,
+        train_flops=3.6e11,
+        bytes_up=moved // 2,
+        bytes_down=moved // 2,
+        lora_rank=2,
+        loss_before=1.0,
+        loss_after=0.5,
+        sparsity=arm.target_sparsity,
+    )
+    planner.observe(1, [report])
     _, bytes_at_max = planner.work.predict(0.25, 0.25, planner.max_rank)
     assert bytes_at_max == pytest.approx(200_000 * planner.max_rank, rel=0.15)

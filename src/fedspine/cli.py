@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedspine.errors import FedspineError
+from fedspine.methods.registry import method_names
 
 app = typer.Typer(
     add_completion=False,
@@ -30,9 +30,8 @@ MethodOpt = Annotated[
     typer.Option(
         "--method",
         "-m",
-        help="fedspine | fedlora | hetlora | flexlora | prune-then-tune | "
-        "fedspine-fixed | fedspine-random | fedspine-perdevice "
-        "(default: run.method from --config or --set, else fedspine)",
+        help=" | ".join(method_names())
+        + " (default: run.method from --config or --set, else fedspine)",
         show_default=False,
     ),
 ]
@@ -86,8 +85,8 @@ def run(
     Writes config.toml, rounds.jsonl, summary.json, accuracy_vs_time.png and
     device_configs.png into the run directory (atomically: it appears when complete).
     """
+    from fedspine.flower.simulation import simulate
     from fedspine.report.progress import RichProgress
-    from fedspine.runner import simulate
 
     extra = ([f"run.method={method}"] if method is not None else []) + (
         [f"run.seed={seed}"] if seed is not None else []
@@ -123,7 +122,8 @@ def compare(
         str | None,
         typer.Option(
             "--methods",
-            help="comma-separated methods to run (default: all 8, fedspine first)",
+            help="comma-separated methods to run "
+            f"(default: all {len(method_names())}, fedspine first)",
         ),
     ] = None,
     preset: PresetOpt = "default",
@@ -270,9 +270,9 @@ def bench_inference(
 
 def main() -> None:
     """Entry point: user errors print one line and exit 2, never a traceback."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from fedspine.runner import quiet_logs
+    from fedspine.logs import quiet_logs, use_offline_env
 
+    use_offline_env()  # before Flower, Ray or transformers are imported
     quiet_logs()
     try:
         app()

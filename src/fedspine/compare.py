@@ -19,7 +19,7 @@ import torch
 
 from fedspine.config import Config, config_from_dict, config_to_dict, read_toml
 from fedspine.errors import ConfigError
-from fedspine.methods.registry import METHODS
+from fedspine.methods.registry import method_names
 from fedspine.report.comparison import (
     DEFAULT_TARGET_SHARE,
     REFERENCE_METHOD,
@@ -31,9 +31,11 @@ from fedspine.report.final_state import DEVICES_FILE
 from fedspine.report.progress import NullProgress, RunProgress
 from fedspine.report.record import CONFIG_FILE, SUMMARY_FILE, read_rounds, read_summary
 
-DEFAULT_METHODS: tuple[str, ...] = (REFERENCE_METHOD,) + tuple(
-    m for m in METHODS if m != REFERENCE_METHOD
-)
+
+def default_methods() -> tuple[str, ...]:
+    """Every registered method, the reference (fedspine) first."""
+    names = method_names()
+    return (REFERENCE_METHOD,) + tuple(m for m in names if m != REFERENCE_METHOD)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,14 +55,14 @@ FULL_TEST_DEVICES = 16  # final models re-scored on the whole test set per metho
 def parse_methods(text: str | Sequence[str] | None) -> list[str]:
     """`"a,b"` (or a list) -> validated method names in the given order; None -> all methods."""
     if text is None:
-        return list(DEFAULT_METHODS)
+        return list(default_methods())
     names = text.split(",") if isinstance(text, str) else list(text)
     names = [n.strip() for n in names if n.strip()]
-    unknown = [n for n in names if n not in METHODS]
+    unknown = [n for n in names if n not in method_names()]
     if unknown or not names:
         raise ConfigError(
             f"unknown method(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
-            f"--methods takes a comma-separated list of: {', '.join(DEFAULT_METHODS)}"
+            f"--methods takes a comma-separated list of: {', '.join(default_methods())}"
         )
     return list(dict.fromkeys(names))  # drop repeats, keep order
 
@@ -188,7 +190,7 @@ def _run_one(
     run_dir: Path,
     make_progress: Callable[[str], RunProgress],
 ) -> Path:
-    from fedspine.runner import simulate
+    from fedspine.flower.simulation import simulate  # imports Ray: only when a run starts
 
     progress = make_progress(config.run.method)
     try:

@@ -16,29 +16,26 @@ from typing import Any, get_type_hints
 import tomli_w
 import tomllib
 
+from fedspine.bandit.reward import RewardWeights
 from fedspine.errors import ConfigError
+from fedspine.fleet.profiles import parse_tiers
+from fedspine.methods.registry import method_names
+from fedspine.pruning.importance import IMPORTANCE
+from fedspine.pruning.selection import SELECTION_MODES
 
-METHODS = (
-    "fedspine",
-    "fedlora",
-    "hetlora",
-    "flexlora",
-    "prune-then-tune",
-    "fedspine-fixed",
-    "fedspine-random",
-    "fedspine-perdevice",
-)
+_REWARD = RewardWeights()  # the reward's defaults have one home: bandit/reward.py
 
 
 @dataclass(frozen=True)
 class RunSection:
-    method: str = "fedspine"  # one of METHODS
+    method: str = "fedspine"  # a registered method (fedspine.methods.registry; --help lists them)
     seed: int = 0  # seeds data split, partition, fleet, sampling, LoRA init and the bandit
     rounds: int = 12  # federated rounds (the pruning schedule's horizon)
     time_budget_s: float = 0.0  # >0: keep training past `rounds` until the simulated clock hits it
     max_rounds: int = 0  # cap on rounds under a time budget (0 = 3 x rounds)
     clients_per_round: int = 8  # devices sampled each round (capped at num_devices)
     workers: int = 2  # parallel simulated clients (one CPU thread each)
+    sampling_seed_offset: int = 17  # participants are drawn from a stream seeded run.seed + this
 
     @property
     def round_limit(self) -> int:
@@ -70,6 +67,8 @@ class ModelSection:
         2.0  # lora_alpha = this * rank, so scaling is the same at every rank
     )
     lora_dropout: float = 0.0
+    tier_ranks: str = "4,8,16"  # hetlora/flexlora: rank per announced tier, weakest first
+    rank_tail_share: float = 0.05  # hetlora's gamma: the tail share of rank a device may shed
 
 
 @dataclass(frozen=True)
@@ -123,11 +122,14 @@ class BanditSection:
     rank_max: int = 8  # = FedLoRA's fixed rank: a device never ships more than FedLoRA does
     exploration: float = 0.5  # c in mean + c*sqrt(log t / n)
     smoothness: float = 0.3  # L in + L*diam(cell)
-    w_loss: float = 1.0  # reward weight of the relative loss drop
-    w_prune: float = 1.0  # reward weight of the share of the sparsity gap closed
-    w_imp: float = 0.5  # reward weight of the LoRA update's norm (relative to the round's max)
-    w_time: float = 1.0  # penalty weight of completion time / round median
-    time_slack: float = 1.0  # charge only time/median above this (1 = only the slower half pays)
+    w_loss: float = _REWARD.w_loss  # reward weight of the relative loss drop
+    w_prune: float = _REWARD.w_prune  # reward weight of the share of the sparsity gap closed
+    w_imp: float = _REWARD.w_imp  # reward weight of the LoRA update's norm (vs the round's max)
+    w_time: float = _REWARD.w_time  # penalty weight of completion time / round median
+    time_slack: float = _REWARD.time_slack  # charge only time/median above this (1: slower half)
+    max_time_ratio: float = _REWARD.max_time_ratio  # time/median is capped here in the reward
+    failure_penalty: float = _REWARD.failure_penalty  # extra penalty of a failed round
+    speed_new_weight: float = 0.5  # a round's measured speed vs the device's running estimate
     probe: bool = True  # devices time one step + a transfer at registration (groups, time model)
     group_width_log2: float = 0.5  # shared mode: a speed group spans a factor 2**this
     time_model: bool = True  # predict each arm's time term from measured speeds (time_model.py)
@@ -292,7 +294,8 @@ def validate(config: Config) -> None:
         config.pruning,
         config.bandit,
     )
-    _check(run.method in METHODS, f"run.method {run.method!r} is not one of: {', '.join(METHODS)}")
+    methods = method_names()
+    _check(run.method in methods, f"run.method {run.method!r} is not one of: {', '.join(methods)}")
     _check(run.rounds >= 1, "run.rounds must be >= 1")
     _check(
         math.isfinite(run.time_budget_s) and run.time_budget_s >= 0,
@@ -325,16 +328,26 @@ def validate(config: Config) -> None:
     _check(0.0 <= prune.target_sparsity < 1.0, "pruning.target_sparsity must be in [0, 1)")
     _check(prune.prune_interval >= 1, "pruning.prune_interval must be >= 1")
     _check(
-        prune.importance in ("lora-taylor", "magnitude", "taylor"),
-        "pruning.importance must be lora-taylor, magnitude or taylor",
+        prune.importance in IMPORTANCE,
+        f"pruning.importance must be one of: {', '.join(IMPORTANCE)}",
     )
-    _check(prune.selection in ("uniform", "global"), "pruning.selection must be uniform or global")
+    _check(
+        prune.selection in SELECTION_MODES,
+        f"pruning.selection must be one of: {', '.join(SELECTION_MODES)}",
+    )
     _check(0.0 <= prune.ema_beta < 1.0, "pruning.ema_beta must be in [0, 1)")
     _check(0.0 <= prune.fleet_momentum < 1.0, "pruning.fleet_momentum must be in [0, 1)")
     _check(0.0 <= prune.warmup_share <= 1.0, "pruning.warmup_share must be in [0, 1]")
     _check(bandit.mode in ("shared", "per-device"), "bandit.mode must be shared or per-device")
     _check(bandit.time_slack >= 0.0, "bandit.time_slack must be >= 0")
     _check(bandit.group_width_log2 > 0.0, "bandit.group_width_log2 must be > 0")
+    _check(bandit.max_time_ratio > 0.0, "bandit.max_time_ratio must be > 0")
+    _check(bandit.failure_penalty >= 0.0, "bandit.failure_penalty must be >= 0")
+    _check(0.0 < bandit.speed_new_weight <= 1.0, "bandit.speed_new_weight must be in (0, 1]")
+    _check(
+        0.0 <= config.model.rank_tail_share < 1.0, "model.rank_tail_share must be in [0, 1)"
+    )
+    _check_tier_ranks(config.model.tier_ranks)
     _check(
         1 <= bandit.rank_min <= bandit.rank_max,
         "bandit.rank_min must be >= 1 and <= bandit.rank_max",
@@ -343,23 +356,15 @@ def validate(config: Config) -> None:
     parse_tiers(config.fleet.tiers)
 
 
-def parse_tiers(text: str) -> list[tuple[str, float, float, int]]:
-    """Parse `name:TFLOPs:GB:count,...` into tuples, with a clear error on a malformed entry."""
-    tiers = []
-    for entry in text.split(","):
-        parts = entry.strip().split(":")
-        try:
-            name, tflops, mem_gb, count = parts[0], float(parts[1]), float(parts[2]), int(parts[3])
-        except (IndexError, ValueError):
-            raise ConfigError(
-                f"fleet.tiers entry {entry!r} must be name:TFLOPs:GB:count, e.g. tx2:1.3:8:30"
-            ) from None
-        _check(
-            tflops > 0 and mem_gb > 0 and count >= 0, f"fleet.tiers entry {entry!r} out of range"
-        )
-        tiers.append((name, tflops, mem_gb, count))
-    _check(sum(t[3] for t in tiers) > 0, "fleet.tiers needs at least one device")
-    return tiers
+def _check_tier_ranks(text: str) -> None:
+    try:
+        ranks = [int(part) for part in text.split(",")]
+    except ValueError:
+        ranks = []
+    _check(
+        bool(ranks) and all(r >= 1 for r in ranks),
+        f"model.tier_ranks {text!r} must be comma-separated ranks >= 1, e.g. 4,8,16",
+    )
 
 
 def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:

@@ -1,12 +1,13 @@
 """One device's round: rebuild its pruned model, train LoRA, prune on schedule, cost the work.
 
 This is the client behaviour of every method; a method differs only in the plan it sends
-(rank, this round's target sparsity, one-shot pruning). No Flower here.
+(rank, this round's target sparsity) and its device recipe (`protocol.DeviceRecipe`:
+iterative prune-and-tune, one-shot pruning, rank self-pruning or none). No Flower here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -14,7 +15,7 @@ from fedspine.config import TrainSection
 from fedspine.fleet.clock import conditions_at, round_time_s
 from fedspine.fleet.cost import exceeds_budget, training_flops, training_memory_bytes
 from fedspine.fleet.profiles import DeviceProfile
-from fedspine.lora.aggregation import LoraFactors
+from fedspine.lora.factors import LoraFactors
 from fedspine.lora.peft_io import (
     attach_lora,
     get_head_state,
@@ -23,47 +24,33 @@ from fedspine.lora.peft_io import (
     set_lora_factors,
 )
 from fedspine.lora.rank_pruning import self_pruned_rank, truncate_rank
-from fedspine.protocol import factors_to_tensors, payload_bytes
+from fedspine.protocol import (
+    DevicePlan,
+    DeviceRecipe,
+    DeviceReport,
+    Downlink,
+    Uplink,
+    factors_to_tensors,
+    payload_bytes,
+)
 from fedspine.pruning import (
     KeptIndices,
-    LoraTaylorImportance,
     ModelScores,
     build_pruned_model,
-    magnitude_importance,
     prune_step,
     sparsity_report,
     taylor_importance,
 )
 from fedspine.pruning.fleet_importance import scores_to_tensors
+from fedspine.pruning.importance import IMPORTANCE, GroupImportance
 from fedspine.resources import RunResources
 from fedspine.train import label_log_prior, make_optimizer, train_local
 
 
 @dataclass(frozen=True)
-class DevicePlan:
-    """What the server asks of one device for one round."""
-
-    round_num: int
-    lora_rank: int
-    target_sparsity: float = 0.0  # sparsity to reach by the end of this round
-    prune_one_shot: bool = False  # prune to target before training (prune-then-tune)
-    rank_self_prune: bool = False  # HetLoRA: shed trailing LoRA components after training
-    local_steps: int = 0  # 0 = the config's train.local_steps
-
-
-@dataclass
-class DeviceResult:
-    ok: bool
-    factors: dict[str, LoraFactors] = field(default_factory=dict)
-    head: dict[str, torch.Tensor] = field(default_factory=dict)
-    kept: KeptIndices | None = None  # None only when the device failed before training
-    metrics: dict[str, float] = field(default_factory=dict)
-    error: str = ""
-    scores: ModelScores | None = None  # the device's smoothed importance, kept across rounds
-    scored: bool = False  # whether `scores` were updated this round (then they are uploaded)
-
-
-RANK_TAIL_SHARE = 0.05  # HetLoRA's gamma: the tail share a device may drop
+class DeviceRoundResult:
+    uplink: Uplink  # what the device sends back
+    carried_scores: ModelScores | None = None  # its smoothed importance, kept across rounds
 
 
 def prune_points(local_steps: int, interval: int) -> list[int]:
@@ -110,34 +97,29 @@ def _device_model(
 def run_device_round(
     res: RunResources,
     device: DeviceProfile,
-    plan: DevicePlan,
-    kept: KeptIndices,
-    down_factors: dict[str, LoraFactors],
-    down_head: dict[str, torch.Tensor],
+    downlink: Downlink,
     prior_scores: ModelScores | None = None,
-    fleet_prior: ModelScores | None = None,
-) -> DeviceResult:
+) -> DeviceRoundResult:
     """Train (and prune) one device for one round and cost it on the simulated clock.
 
-    `prior_scores` is the device's own importance EMA from earlier rounds; `fleet_prior`, when
-    the server shares one, the pooled fleet scores the EMA starts from instead.
+    `prior_scores` is the device's own importance EMA from earlier rounds; the down-link's
+    `fleet_prior`, when the server shares one, the pooled fleet scores the EMA starts from
+    instead.
     """
-    cfg = res.config
+    cfg, plan = res.config, downlink.plan
     steps = plan.local_steps or cfg.train.local_steps
     data = res.train.subset(res.partitions[device.device_id])
-    peft_model = _device_model(res, device, plan, kept, down_factors, down_head)
+    peft_model = _device_model(res, device, plan, downlink.kept, downlink.factors, downlink.head)
     # 1. A configuration over the device's memory budget fails on that device only.
     memory = training_memory_bytes(peft_model, cfg.train.batch_size, cfg.data.max_seq_len)
+    memory_mb = memory / 2**20
     if exceeds_budget(memory, device, res.fleet_spec.memory_usable_fraction):
-        return DeviceResult(
-            ok=False,
-            kept=kept,
-            metrics={"train_memory_mb": memory / 2**20},
-            error=f"training needs {memory / 2**20:.0f} MB, over the device's budget",
-        )
+        error = f"training needs {memory_mb:.0f} MB, over the device's budget"
+        report = DeviceReport(ok=False, error=error, train_memory_mb=memory_mb)
+        return DeviceRoundResult(Uplink(report, kept=downlink.kept), prior_scores)
     # 2. Local training with scheduled prune steps (or one-shot pruning first).
-    pruner = _Pruner(res, peft_model, kept, plan, steps, data, prior_scores, fleet_prior)
-    if plan.prune_one_shot:
+    pruner = _Pruner(res, peft_model, downlink, steps, data, prior_scores)
+    if pruner.one_shot_now:
         pruner.one_shot()
     pruner.optimizer = make_optimizer(
         peft_model,
@@ -159,34 +141,26 @@ def run_device_round(
     # 3. Up-link: LoRA in the device's own coordinates (HetLoRA may shed rank), costed.
     factors, head = get_lora_factors(peft_model), get_head_state(peft_model)
     rank = plan.lora_rank
-    if plan.rank_self_prune:
-        rank = self_pruned_rank(factors, RANK_TAIL_SHARE)
+    if plan.recipe is DeviceRecipe.RANK_SELF_PRUNE:
+        rank = self_pruned_rank(factors, cfg.model.rank_tail_share)
         factors = truncate_rank(factors, rank)
-    scored = pruner.lora_taylor is not None and pruner.lora_taylor.scores is not None
-    scores = pruner.lora_taylor.scores if scored else prior_scores
-    metrics = _round_metrics(
+    uploaded = pruner.importance.smoothed if pruner.importance is not None else None
+    report = _round_report(
         res,
         device,
         plan,
         peft_model,
         pruner,
         stats,
-        _payload(factors, head, scores if scored else None),
-        _payload(down_factors, down_head, fleet_prior),
+        _payload(factors, head, uploaded),
+        _payload(downlink.factors, downlink.head, downlink.fleet_prior),
     )
-    metrics.update({"train_memory_mb": memory / 2**20, "lora_rank": rank})
-    return DeviceResult(
-        ok=True,
-        factors=factors,
-        head=head,
-        kept=pruner.kept,
-        scores=scores,
-        scored=scored,
-        metrics=metrics,
-    )
+    report = replace(report, train_memory_mb=memory_mb, lora_rank=rank)
+    uplink = Uplink(report, pruner.kept, factors, head, uploaded)
+    return DeviceRoundResult(uplink, uploaded if uploaded is not None else prior_scores)
 
 
-def _round_metrics(
+def _round_report(
     res: RunResources,
     device: DeviceProfile,
     plan: DevicePlan,
@@ -195,7 +169,7 @@ def _round_metrics(
     stats,
     bytes_up: int,
     bytes_down: int,
-) -> dict[str, float]:
+) -> DeviceReport:
     """The device's report: losses, work, simulated time from real FLOPs and bytes, sparsity."""
     cfg = res.config
     cond = conditions_at(device, res.fleet_spec, plan.round_num)
@@ -203,23 +177,24 @@ def _round_metrics(
         peft_model, 2 * cfg.train.batch_size, cfg.data.max_seq_len, forward_only=True
     )  # the loss probe before and after
     compute_flops = pruner.flops + probe_flops
-    report = sparsity_report(pruner.kept, res.base.model.config)
-    return {
-        "num_examples": len(pruner.data),  # local dataset size: FedAvg's aggregation weight
-        "examples_processed": stats.examples,
-        "loss_before": stats.loss_before,
-        "loss_after": stats.loss_after,
-        "time_s": round_time_s(compute_flops, bytes_up, bytes_down, cond, device.latency_s),
-        "compute_s": compute_flops / cond.flops_per_s,
-        "bytes_up": bytes_up,
-        "bytes_down": bytes_down,
-        "train_flops": compute_flops,
-        "train_wall_s": stats.train_wall_s,
-        "train_tokens": stats.tokens,
-        "sparsity": report["structures_removed"],
-        "param_sparsity": report["non_embedding_params_removed"],
-        "params": report["params"],
-    }
+    sparsity = sparsity_report(pruner.kept, res.base.model.config)
+    return DeviceReport(
+        ok=True,
+        num_examples=len(pruner.data),
+        examples_processed=stats.examples,
+        loss_before=stats.loss_before,
+        loss_after=stats.loss_after,
+        time_s=round_time_s(compute_flops, bytes_up, bytes_down, cond, device.latency_s),
+        compute_s=compute_flops / cond.flops_per_s,
+        bytes_up=bytes_up,
+        bytes_down=bytes_down,
+        train_flops=compute_flops,
+        train_wall_s=stats.train_wall_s,
+        train_tokens=stats.tokens,
+        sparsity=sparsity["structures_removed"],
+        param_sparsity=sparsity["non_embedding_params_removed"],
+        params=sparsity["params"],
+    )
 
 
 def round_learning_rates(train: TrainSection, round_num: int) -> tuple[float, float]:
@@ -241,30 +216,40 @@ class _Pruner:
         self,
         res,
         peft_model,
-        kept,
-        plan: DevicePlan,
+        downlink: Downlink,
         steps: int,
         data,
         prior_scores: ModelScores | None = None,
-        fleet_prior: ModelScores | None = None,
     ) -> None:
-        self.res, self.model, self.kept, self.plan, self.data = res, peft_model, kept, plan, data
+        plan = downlink.plan
+        self.res, self.model, self.kept, self.plan, self.data = (
+            res,
+            peft_model,
+            downlink.kept,
+            plan,
+            data,
+        )
         cfg = res.config
         self.adapter = res.base.adapter
         self.batch, self.seq = cfg.train.batch_size, cfg.data.max_seq_len
-        start = sparsity_report(kept, res.base.model.config)["structures_removed"]
-        self.active = plan.target_sparsity > start + 1e-9 and not plan.prune_one_shot
+        start = sparsity_report(self.kept, res.base.model.config)["structures_removed"]
+        # prune-then-tune prunes once, on the first round it is below its target
+        self.one_shot_now = (
+            plan.recipe is DeviceRecipe.ONE_SHOT_PRUNE and start < plan.target_sparsity - 1e-6
+        )
+        self.active = (
+            plan.recipe is DeviceRecipe.PRUNE_AND_TUNE and plan.target_sparsity > start + 1e-9
+        )
         points = prune_points(steps, cfg.pruning.prune_interval)
         self.schedule = dict(
             zip(points, sparsity_schedule(start, plan.target_sparsity, len(points)), strict=False)
         )
-        self.lora_taylor = (
-            LoraTaylorImportance(self.adapter, cfg.pruning.ema_beta, prior=fleet_prior)
-            if self.active and cfg.pruning.importance == "lora-taylor"
-            else None
-        )
-        if self.lora_taylor is not None and fleet_prior is None and prior_scores is not None:
-            self.lora_taylor.scores = prior_scores  # EMA continues from earlier rounds
+        self.importance: GroupImportance | None = None
+        if self.active:
+            make = IMPORTANCE[cfg.pruning.importance]
+            self.importance = make(self.adapter, cfg.pruning.ema_beta, downlink.fleet_prior)
+            if downlink.fleet_prior is None and prior_scores is not None:
+                self.importance.resume(prior_scores)
         self.flops = 0.0
         self.shape_version = 0  # bumped by every prune step: the FLOP cache key
         self._flops_cache: dict[tuple[int, int, int], float] = {}
@@ -272,8 +257,8 @@ class _Pruner:
 
     def after_backward(self, step: int, batch: dict[str, torch.Tensor]) -> None:
         self.flops += self._step_flops(*batch["input_ids"].shape)
-        if self.lora_taylor is not None:
-            self.lora_taylor.update(self.model, self.kept)
+        if self.importance is not None:
+            self.importance.observe(self.model, self.kept)
 
     def _step_flops(self, sequences: int, length: int) -> float:
         """Training FLOPs of one batch at the model's current shape (cached per shape)."""
@@ -289,20 +274,12 @@ class _Pruner:
         self.kept = prune_step(
             self.model,
             self.adapter,
-            self._scores(),
+            self.importance.score(self.model, self.kept, self._calibration),
             self.kept,
             self.schedule[step],
             self.res.config.pruning.selection,
         )
         self._rebuild_optimizer()  # scores are in original coordinates: the EMA carries on
-
-    def _scores(self):
-        kind = self.res.config.pruning.importance
-        if kind == "lora-taylor":
-            return self.lora_taylor.scores
-        if kind == "magnitude":
-            return magnitude_importance(self.model, self.adapter, self.kept)
-        return taylor_importance(self.model, self.adapter, self.kept, [self._calibration()])
 
     def _calibration(self) -> dict[str, torch.Tensor]:
         return self.data.batch(list(range(min(len(self.data), 4 * self.batch))))

@@ -1,58 +1,215 @@
-"""Names of message records and metric keys, defined once and shared by server and client.
+"""What server and devices say to each other, typed: the only home of a plan, a report and
+a registration, and of their flat record encoding. No Flower here.
 
-Also the (de)serialisation of LoRA factors to flat tensor dicts, so Flower's ArrayRecord
-carries them and the byte count of a message is the real payload size.
+A message's scalars travel as flat ``{field: int | float | str | bool}`` records built by
+`to_record` / `from_record` (the Flower apps wrap them in ConfigRecords); its tensors (LoRA
+factors, head, importance scores) travel as flat tensor dicts, so the byte count of a message
+is the real payload size. The same dataclasses are what planners, the device round, the
+server core and the run record read, so a field has one name everywhere.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
 import torch
 
-from fedspine.lora.aggregation import LoraFactors
+from fedspine.fleet.probe import ProbeResult
+from fedspine.lora.factors import LoraFactors
+from fedspine.pruning.importance import ModelScores
+from fedspine.pruning.kept import KeptIndices
 
-# Record names inside a Message's RecordDict.
-LORA = "lora"  # ArrayRecord: "<module>::A" and "<module>::B"
-HEAD = "head"  # ArrayRecord: the task head's weights
-PLAN = "plan"  # ConfigRecord: what the server asks of the device this round
-REPORT = "report"  # MetricRecord: what the device reports back
-DEVICE_META = "device"  # ConfigRecord: device identity and kept-index map (JSON)
-IMPORTANCE = "importance"  # ArrayRecord: group scores (down: fleet prior; up: device EMA)
-PROBE = "probe"  # ConfigRecord at registration: the step FLOPs a device must time
+Scalar = int | float | str | bool
+Record = dict[str, Scalar]
+T = TypeVar("T")
 
-# Keys of PLAN.
-ROUND = "round"
-CONFIG_JSON = "config_json"
-LORA_RANK = "lora_rank"
-TARGET_SPARSITY = "target_sparsity"  # sparsity the device must reach by the end of the round
-FINAL_SPARSITY = "final_sparsity"  # the device's final target (caps every round's target)
-PRUNE_ONE_SHOT = "prune_one_shot"  # prune to target before training (prune-then-tune)
-RANK_SELF_PRUNE = "rank_self_prune"  # HetLoRA: drop trailing LoRA components after training
-LOCAL_STEPS = "local_steps"
-KEPT_JSON = "kept_json"  # the device's kept-index map, "" = unpruned
 
-# Keys of REPORT.
-OK = "ok"
-NUM_EXAMPLES = "num_examples"  # the device's local dataset size (its aggregation weight)
-LOSS_BEFORE = "loss_before"
-LOSS_AFTER = "loss_after"
-TIME_S = "time_s"
-BYTES_UP = "bytes_up"
-BYTES_DOWN = "bytes_down"
-TRAIN_FLOPS = "train_flops"
-TRAIN_MEMORY_MB = "train_memory_mb"
-TRAIN_WALL_S = "train_wall_s"
-HANDLER_WALL_S = "handler_wall_s"
-SPARSITY = "sparsity"  # share of prunable heads/channels removed
-USED_RANK = "lora_rank"
+class DeviceRecipe(str, enum.Enum):
+    """What a device does with its round besides LoRA training (a method's device half)."""
 
-# Keys of DEVICE_META.
-DEVICE_ID = "device_id"
-STEP_FLOPS = "step_flops"
-PROBE_STEP_S = "probe_step_s"  # registration probe replies (fedspine.fleet.probe)
-PROBE_BANDWIDTH = "probe_bandwidth_Bps"
-PROBE_LATENCY = "probe_latency_s"
-TIER = "tier"
-ERROR = "error"
+    PRUNE_AND_TUNE = "prune-and-tune"  # prune toward the round's target every K steps
+    ONE_SHOT_PRUNE = "one-shot-prune"  # prune to the target once, before training
+    RANK_SELF_PRUNE = "rank-self-prune"  # HetLoRA: shed trailing LoRA components after training
+    NONE = "none"  # LoRA training only
+
+    @property
+    def prunes(self) -> bool:
+        return self in (DeviceRecipe.PRUNE_AND_TUNE, DeviceRecipe.ONE_SHOT_PRUNE)
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """What the server asks of one device for one round."""
+
+    round_num: int
+    lora_rank: int
+    target_sparsity: float = 0.0  # sparsity to reach by the end of this round
+    recipe: DeviceRecipe = DeviceRecipe.NONE
+    local_steps: int = 0  # 0 = the config's train.local_steps
+
+
+@dataclass(frozen=True)
+class DeviceReport:
+    """What a device reports of its round; a failed round fills only what it measured."""
+
+    ok: bool
+    error: str = ""  # why the round failed ("" when ok)
+    num_examples: int = 0  # local dataset size: FedAvg's aggregation weight
+    examples_processed: int = 0
+    loss_before: float | None = None
+    loss_after: float | None = None
+    time_s: float = 0.0  # the round's time on the device's clock (compute + transfer + latency)
+    compute_s: float = 0.0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    train_flops: float = 0.0
+    train_tokens: int = 0
+    sparsity: float = 0.0  # share of prunable heads/channels removed, at the round's end
+    param_sparsity: float = 0.0  # share of non-embedding parameters removed
+    params: int = 0
+    lora_rank: int = 0  # rank of the uploaded LoRA (HetLoRA may shed some)
+    train_memory_mb: float | None = None
+    train_wall_s: float | None = None
+    handler_wall_s: float | None = None  # the whole device handler, set by the client app
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    """Registration: with `step_flops`, the device times one step of that size and a transfer."""
+
+    step_flops: float | None = None
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A device's answer at registration: who it is and, when asked, its probe."""
+
+    device_id: int
+    tier: str  # the hardware class it announces (only tier-rank baselines use it)
+    probe_step_s: float | None = None
+    probe_bandwidth_Bps: float | None = None
+    probe_latency_s: float | None = None
+
+    @property
+    def probe(self) -> ProbeResult | None:
+        if self.probe_step_s is None:
+            return None
+        return ProbeResult(self.probe_step_s, self.probe_bandwidth_Bps, self.probe_latency_s)
+
+    @classmethod
+    def with_probe(cls, device_id: int, tier: str, probe: ProbeResult | None) -> Registration:
+        if probe is None:
+            return cls(device_id, tier)
+        return cls(device_id, tier, probe.step_s, probe.bandwidth_Bps, probe.latency_s)
+
+
+@dataclass(frozen=True)
+class Downlink:
+    """Everything a device receives for a round."""
+
+    plan: DevicePlan
+    kept: KeptIndices  # the device's structure at round start
+    factors: dict[str, LoraFactors]  # the global LoRA in the device's coordinates and rank
+    head: dict[str, torch.Tensor]
+    fleet_prior: ModelScores | None = None  # pooled importance (pruning.share_importance)
+
+
+@dataclass(frozen=True)
+class Uplink:
+    """Everything a device sends back after a round."""
+
+    report: DeviceReport
+    kept: KeptIndices | None = None  # its structure at round end; None if it failed first
+    factors: dict[str, LoraFactors] = field(default_factory=dict)
+    head: dict[str, torch.Tensor] = field(default_factory=dict)
+    scores: ModelScores | None = None  # this round's importance EMA, when it scored
+
+
+@dataclass(frozen=True)
+class ParticipantOutcome:
+    """What the server made of one participant's reply: planners and the run record read it."""
+
+    node_id: int
+    device_id: int
+    tier: str
+    report: DeviceReport
+    crashed: bool = False  # the device's app raised: no report of its own
+    update_norm: float = 0.0  # ||this round's LoRA change|| (reward's importance term)
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok
+
+    def to_row(self, reward: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The participant's line in rounds.jsonl (`prune_ratio` = the reached sparsity)."""
+        report = self.report
+        row = {
+            "device": self.device_id,
+            "tier": self.tier,
+            "prune_ratio": report.sparsity,
+            "lora_rank": report.lora_rank,
+            "time_s": report.time_s,
+            "bytes_up": report.bytes_up,
+            "bytes_down": report.bytes_down,
+            "ok": report.ok,
+            "loss_before": report.loss_before,
+            "loss_after": report.loss_after,
+            "train_memory_mb": report.train_memory_mb,
+            "train_wall_s": report.train_wall_s,
+            "handler_wall_s": report.handler_wall_s,
+        }
+        if reward:
+            row["reward"] = dict(reward)
+        if report.error:
+            row["error"] = report.error
+        return row
+
+
+# -- flat record encoding ------------------------------------------------------------------------
+
+
+def to_record(value: Any) -> Record:
+    """A flat scalar dataclass as a record; None fields are left out, enums by value."""
+    record: Record = {}
+    for f in dataclasses.fields(value):
+        item = getattr(value, f.name)
+        if item is None:
+            continue
+        if isinstance(item, enum.Enum):
+            item = item.value
+        elif hasattr(item, "item"):  # a numpy or torch scalar
+            item = item.item()
+        record[f.name] = item
+    return record
+
+
+def from_record(cls: type[T], record: Mapping[str, Any]) -> T:
+    """Rebuild a flat scalar dataclass, each field cast to its declared type; an unknown or
+    missing required field is an error, not a silent default."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(record) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no fields {sorted(unknown)}")
+    values = {name: _cast(hints[name], record[name]) for name in names if name in record}
+    return cls(**values)
+
+
+def _cast(hint: Any, value: Any) -> Any:
+    if isinstance(hint, types.UnionType):  # X | None: the non-None member
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if hint is bool:
+        return bool(value)
+    return hint(value)
+
+
+# -- tensors ----------------------------------------------------------------------------------
 
 _SEP = "::"
 

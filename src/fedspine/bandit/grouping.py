@@ -14,7 +14,6 @@ With the default width 0.5 (a factor sqrt(2) per bucket) the default fleet's tie
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping
 from typing import Literal
 
 TreeSource = Literal["own", "group", "fleet"]
@@ -33,17 +32,6 @@ def smoothed_log2_speed(previous: float | None, speed: float, new_weight: float)
 def speed_bucket(log2_speed: float, reference_log2: float, width_log2: float) -> int:
     """Integer bucket of a log2 speed; the reference speed sits in the middle of bucket 0."""
     return math.floor((log2_speed - reference_log2) / width_log2 + 0.5)
-
-
-def group_devices(
-    log2_speeds: Mapping[Hashable, float], reference_log2: float, width_log2: float
-) -> dict[int, list[Hashable]]:
-    """Bucket -> devices in it (for logging: who shares which tree right now)."""
-    groups: dict[int, list[Hashable]] = {}
-    for device_id, log2_speed in log2_speeds.items():
-        bucket = speed_bucket(log2_speed, reference_log2, width_log2)
-        groups.setdefault(bucket, []).append(device_id)
-    return groups
 
 
 def choose_tree_source(

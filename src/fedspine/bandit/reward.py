@@ -36,21 +36,21 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from fedspine.config import BanditSection
 from fedspine.errors import ConfigError
-
-_DEFAULTS = BanditSection()
 
 
 @dataclass(frozen=True)
 class RewardWeights:
-    """Weights of the reward terms and its two caps; record them with every run."""
+    """Weights of the reward terms and its two caps; record them with every run.
 
-    w_loss: float = _DEFAULTS.w_loss
-    w_prune: float = _DEFAULTS.w_prune
-    w_imp: float = _DEFAULTS.w_imp
-    w_time: float = _DEFAULTS.w_time
-    time_slack: float = _DEFAULTS.time_slack
+    These defaults are the [bandit] section's defaults (config.py reads them from here).
+    """
+
+    w_loss: float = 1.0
+    w_prune: float = 1.0
+    w_imp: float = 0.5
+    w_time: float = 1.0
+    time_slack: float = 1.0
     max_time_ratio: float = 3.0
     failure_penalty: float = 0.5
 

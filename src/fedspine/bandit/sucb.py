@@ -11,27 +11,26 @@ The mechanics are [our choice] (method.md step 9), HOO / zooming style:
   We pick the best *leaf* directly (no HOO B-value propagation): simpler, and the diameter
   term already carries the smoothness bonus of coarse cells. Ties are broken by the seeded RNG.
 * The chosen leaf is sampled uniformly; a leaf splits in two along its longest normalised side
-  once it has been pulled ``ceil(split_after * split_growth ** depth)`` times (deeper cells need
-  more evidence), up to ``max_depth``. Children inherit their parent's mean at weight
-  ``inherit_weight`` (default 1; 0 = children start unvisited, index +inf). With +inf children
+  once it has been pulled ``ceil(SPLIT_AFTER * SPLIT_GROWTH ** depth)`` times (deeper cells need
+  more evidence), up to ``MAX_DEPTH``. Children inherit their parent's mean at weight
+  ``INHERIT_WEIGHT`` (1; 0 would start children unvisited, index +inf). With +inf children
   every split forces two visits, so a tree with a few dozen pulls (a speed group's whole run at
   1-2 participations per device) only explores: two default runs whose reward differed
   (bandit.time_slack 0 vs 1) proposed identical arms for 11 rounds. Inheriting lets a child
   compete by what its parent learned; on the synthetic bump of tests/test_sucb.py it cut regret
   over the first 100 pulls from 26.4 to 20.9 (5 seeds) and the 80-device shared fleet's from 297
   to 251, with the same recovery after a shift.
-* ``discount`` < 1 decays a cell's count and reward sum each time the cell is pulled
-  (n <- discount * n + 1, sum <- discount * sum + reward), so a cell remembers about
-  1 / (1 - discount) pulls: when the reward function shifts (a device's power mode, a later
+* ``DISCOUNT`` < 1 decays a cell's count and reward sum each time the cell is pulled
+  (n <- DISCOUNT * n + 1, sum <- DISCOUNT * sum + reward), so a cell remembers about
+  1 / (1 - DISCOUNT) pulls: when the reward function shifts (a device's power mode, a later
   training phase) the exploited cells' means follow within that many pulls and the bandit moves
   on. We tried decaying every cell per round (discounted UCB) instead: with a refined tree it
   spreads the small discounted mass over many leaves and degenerates into exploring;
   per-visit decay recovered better and also lowered stationary regret. 1.0 = plain averages.
   ``t`` in the bonus is the undiscounted number of updates.
-* Ranks: the sampled continuous log2 rank is rounded to a power of two (``rank_grid="pow2"``,
-  the usual LoRA ranks; the range ends must then be powers of two) or to any integer
-  (``rank_grid="int"``). The Arm keeps the continuous point so ``update`` credits the exact
-  cell that proposed it.
+* Ranks: the sampled continuous log2 rank is rounded to a power of two (the usual LoRA ranks;
+  the range ends must be powers of two). The Arm keeps the continuous point so ``update``
+  credits the exact cell that proposed it.
 * ``propose(p_floor, p_cap)``: pruning is monotone, so p must lie in [p_floor, p_cap]
   (current sparsity, final target). Only leaves meeting that interval compete and p is sampled
   inside the intersection. If the interval misses the box, p is the point of [p_floor, p_cap]
@@ -45,7 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -53,15 +52,23 @@ import numpy as np
 from fedspine.bandit.grouping import (
     TreeSource,
     choose_tree_source,
-    group_devices,
     smoothed_log2_speed,
     speed_bucket,
 )
 from fedspine.errors import ConfigError
 
-RankGrid = Literal["pow2", "int"]
 ArmCost = Callable[[float, int], float]  # (prune ratio, rank) -> known cost of the arm
 COST_DRAWS = 8  # points drawn per leaf when a known cost picks among them
+# Tree mechanics (module docstring): splitting, depth limit, per-visit decay, inheritance.
+SPLIT_AFTER = 2.0  # pulls before the root splits
+SPLIT_GROWTH = 1.5  # a cell at depth d splits after ceil(SPLIT_AFTER * SPLIT_GROWTH ** d) pulls
+MAX_DEPTH = 10
+DISCOUNT = 0.95  # per-visit decay of a cell's count and reward sum (1.0 = plain averages)
+INHERIT_WEIGHT = 1.0  # weight at which children start from their parent's mean
+# BanditPool sharing (its docstring): which tree proposes, and how speeds are smoothed.
+OWN_AFTER = 20  # a device's own pulls before its own tree proposes
+GROUP_AFTER = 4  # a speed group's pulls before its tree proposes for the group's devices
+SPEED_EMA = 0.5  # weight of a new speed in the device's log2-speed moving average
 
 
 @dataclass(frozen=True)
@@ -72,9 +79,6 @@ class Arm:
     lora_rank: int
     # The continuous log2 rank sampled before rounding (None for an arm built by hand).
     log2_rank_point: float | None = field(default=None, compare=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -107,12 +111,6 @@ class SmoothUCB:
         rank_range: tuple[int, int],
         c: float = 0.5,
         smoothness: float = 0.3,
-        split_after: float = 2.0,
-        split_growth: float = 1.5,
-        max_depth: int = 10,
-        discount: float = 0.95,
-        inherit_weight: float = 1.0,
-        rank_grid: RankGrid = "pow2",
         seed: int = 0,
     ) -> None:
         self.config: dict[str, Any] = {
@@ -120,12 +118,6 @@ class SmoothUCB:
             "rank_range": (int(rank_range[0]), int(rank_range[1])),
             "c": float(c),
             "smoothness": float(smoothness),
-            "split_after": float(split_after),
-            "split_growth": float(split_growth),
-            "max_depth": int(max_depth),
-            "discount": float(discount),
-            "inherit_weight": float(inherit_weight),
-            "rank_grid": rank_grid,
             "seed": int(seed),
         }
         self._validate()
@@ -147,23 +139,8 @@ class SmoothUCB:
                 f"p_range must satisfy 0 <= min <= max < 1, got {(p_min, p_max)}",
             ),
             (1 <= r_min <= r_max, f"rank_range must satisfy 1 <= min <= max, got {(r_min, r_max)}"),
-            (
-                cfg["rank_grid"] in ("pow2", "int"),
-                f"rank_grid must be 'pow2' or 'int', got {cfg['rank_grid']!r}",
-            ),
-            (
-                cfg["rank_grid"] != "pow2" or pow2_ok,
-                f"rank_grid='pow2' needs power-of-two rank_range ends, got {(r_min, r_max)}; "
-                "use 'int'",
-            ),
+            (pow2_ok, f"rank_range ends must be powers of two, got {(r_min, r_max)}"),
             (cfg["c"] >= 0 and cfg["smoothness"] >= 0, "c and smoothness must be >= 0"),
-            (
-                cfg["split_after"] >= 1 and cfg["split_growth"] >= 1,
-                "split_after and split_growth must be >= 1",
-            ),
-            (cfg["max_depth"] >= 0, "max_depth must be >= 0"),
-            (0.0 < cfg["discount"] <= 1.0, f"discount must be in (0, 1], got {cfg['discount']}"),
-            (cfg["inherit_weight"] >= 0, "inherit_weight must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -194,10 +171,7 @@ class SmoothUCB:
     def _rank_of(self, u_norm: float) -> tuple[int, float]:
         log2_rank = self._u_lo + u_norm * (self._u_hi - self._u_lo)
         r_min, r_max = self.config["rank_range"]
-        if self.config["rank_grid"] == "pow2":
-            rank = 2 ** round(log2_rank)
-        else:
-            rank = round(2.0**log2_rank)
+        rank = 2 ** round(log2_rank)
         return int(min(max(rank, r_min), r_max)), log2_rank
 
     # ------------------------------------------------------------------ propose
@@ -281,8 +255,8 @@ class SmoothUCB:
         index = 0
         while True:
             cell = self._cells[index]
-            cell.weight = cell.weight * self.config["discount"] + 1.0
-            cell.reward_sum = cell.reward_sum * self.config["discount"] + reward
+            cell.weight = cell.weight * DISCOUNT + 1.0
+            cell.reward_sum = cell.reward_sum * DISCOUNT + reward
             if cell.children is None:
                 break
             index = cell.children[0] if point[cell.split_dim] < cell.split_at else cell.children[1]
@@ -291,16 +265,15 @@ class SmoothUCB:
 
     def _maybe_split(self, index: int) -> None:
         cell = self._cells[index]
-        cfg = self.config
-        threshold = math.ceil(cfg["split_after"] * cfg["split_growth"] ** cell.depth)
+        threshold = math.ceil(SPLIT_AFTER * SPLIT_GROWTH**cell.depth)
         widths = (cell.hi[0] - cell.lo[0], cell.hi[1] - cell.lo[1])
-        if cell.pulls < threshold or cell.depth >= cfg["max_depth"] or max(widths) <= 0:
+        if cell.pulls < threshold or cell.depth >= MAX_DEPTH or max(widths) <= 0:
             return
         dim = 0 if widths[0] >= widths[1] else 1
         mid = (cell.lo[dim] + cell.hi[dim]) / 2
         left_hi = (mid, cell.hi[1]) if dim == 0 else (cell.hi[0], mid)
         right_lo = (mid, cell.lo[1]) if dim == 0 else (cell.lo[0], mid)
-        prior = min(cfg["inherit_weight"], cell.weight)
+        prior = min(INHERIT_WEIGHT, cell.weight)
         prior_sum = prior * cell.reward_sum / cell.weight if cell.weight > 0 else 0.0
         left = _Cell(
             lo=cell.lo, hi=left_hi, depth=cell.depth + 1, weight=prior, reward_sum=prior_sum
@@ -314,66 +287,6 @@ class SmoothUCB:
         self._leaves.remove(index)
         self._leaves.extend(cell.children)
 
-    # ------------------------------------------------------------------ inspection / state
-    def leaf_summary(self) -> list[dict[str, float | None]]:
-        """Leaves with their box (raw units), discounted count and mean (for logging)."""
-        rows = []
-        for i in self._leaves:
-            cell = self._cells[i]
-            rows.append(
-                {
-                    "p_lo": self._p_lo + cell.lo[0] * (self._p_hi - self._p_lo),
-                    "p_hi": self._p_lo + cell.hi[0] * (self._p_hi - self._p_lo),
-                    "log2_rank_lo": self._u_lo + cell.lo[1] * (self._u_hi - self._u_lo),
-                    "log2_rank_hi": self._u_lo + cell.hi[1] * (self._u_hi - self._u_lo),
-                    "count": cell.weight,
-                    "mean": cell.reward_sum / cell.weight if cell.weight > 0 else None,
-                }
-            )
-        return rows
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable state (config, tree, RNG state): from_dict resumes exactly."""
-        return {
-            "config": {
-                **self.config,
-                "p_range": list(self.config["p_range"]),
-                "rank_range": list(self.config["rank_range"]),
-            },
-            "t": self.t,
-            "cells": [
-                {
-                    **asdict(cell),
-                    "lo": list(cell.lo),
-                    "hi": list(cell.hi),
-                    "children": None if cell.children is None else list(cell.children),
-                }
-                for cell in self._cells
-            ],
-            "leaves": list(self._leaves),
-            "rng": self._rng.bit_generator.state,
-        }
-
-    @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> SmoothUCB:
-        config = dict(state["config"])
-        bandit = cls(tuple(config.pop("p_range")), tuple(config.pop("rank_range")), **config)
-        bandit.t = int(state["t"])
-        bandit._cells = [
-            _Cell(
-                **{
-                    **cell,
-                    "lo": tuple(cell["lo"]),
-                    "hi": tuple(cell["hi"]),
-                    "children": None if cell["children"] is None else tuple(cell["children"]),
-                }
-            )
-            for cell in state["cells"]
-        ]
-        bandit._leaves = [int(i) for i in state["leaves"]]
-        bandit._rng.bit_generator.state = state["rng"]
-        return bandit
-
 
 PoolMode = Literal["per-device", "shared"]
 
@@ -384,8 +297,8 @@ class BanditPool:
     ``per-device``: each device has its own tree; ``effective_speed`` is ignored.
     ``shared``: every update goes to three trees, the fleet-wide one, the tree of the device's
     current speed bucket (grouping.py) and the device's own tree. A proposal comes from the
-    device's own tree once it has ``own_after`` pulls, else from its group's tree once that has
-    ``group_after`` pulls, else from the fleet tree (an unseen device, a new bucket).
+    device's own tree once it has ``OWN_AFTER`` pulls, else from its group's tree once that has
+    ``GROUP_AFTER`` pulls, else from the fleet tree (an unseen device, a new bucket).
     """
 
     def __init__(
@@ -393,25 +306,19 @@ class BanditPool:
         mode: PoolMode,
         p_range: tuple[float, float],
         rank_range: tuple[int, int],
-        own_after: int = 20,
-        group_after: int = 4,
         bucket_width_log2: float = 0.5,
-        speed_ema: float = 0.5,
         tree_options: dict[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
         if mode not in ("per-device", "shared"):
             raise ConfigError(f"bandit mode must be 'per-device' or 'shared', got {mode!r}")
-        if bucket_width_log2 <= 0 or not 0 < speed_ema <= 1:
-            raise ConfigError("bandit: bucket_width_log2 must be > 0 and speed_ema in (0, 1]")
+        if bucket_width_log2 <= 0:
+            raise ConfigError("bandit: bucket_width_log2 must be > 0")
         self.config: dict[str, Any] = {
             "mode": mode,
             "p_range": tuple(p_range),
             "rank_range": tuple(rank_range),
-            "own_after": int(own_after),
-            "group_after": int(group_after),
             "bucket_width_log2": float(bucket_width_log2),
-            "speed_ema": float(speed_ema),
             "tree_options": dict(tree_options or {}),
             "seed": int(seed),
         }
@@ -464,9 +371,7 @@ class BanditPool:
             if bucket is None
             else (self._groups[bucket].pulls if bucket in self._groups else 0)
         )
-        return choose_tree_source(
-            own_pulls, group_pulls, self.config["own_after"], self.config["group_after"]
-        )
+        return choose_tree_source(own_pulls, group_pulls, OWN_AFTER, GROUP_AFTER)
 
     def propose(
         self,
@@ -490,7 +395,7 @@ class BanditPool:
         if self.config["mode"] == "per-device":
             return
         log2_speed = smoothed_log2_speed(
-            self._log2_speed.get(device_id), effective_speed, self.config["speed_ema"]
+            self._log2_speed.get(device_id), effective_speed, SPEED_EMA
         )
         self._log2_speed[device_id] = log2_speed
         if self._reference_log2 is None:
@@ -509,44 +414,3 @@ class BanditPool:
         bucket = self.group_of(device_id)
         if bucket is not None:
             self._group_tree(bucket).update(arm, reward)
-
-    def groups(self) -> dict[int, list[Any]]:
-        """Current speed bucket -> devices (shared mode; empty before any speed)."""
-        if self._reference_log2 is None:
-            return {}
-        return group_devices(
-            self._log2_speed, self._reference_log2, self.config["bucket_width_log2"]
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable state; device ids must be JSON values (str or int)."""
-        return {
-            "config": {
-                **self.config,
-                "p_range": list(self.config["p_range"]),
-                "rank_range": list(self.config["rank_range"]),
-            },
-            "own": [[device_id, tree.to_dict()] for device_id, tree in self._own.items()],
-            "groups": [[bucket, tree.to_dict()] for bucket, tree in self._groups.items()],
-            "fleet": None if self._fleet is None else self._fleet.to_dict(),
-            "log2_speed": [[device_id, value] for device_id, value in self._log2_speed.items()],
-            "reference_log2": self._reference_log2,
-            "trees_made": self._trees_made,
-        }
-
-    @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> BanditPool:
-        config = dict(state["config"])
-        pool = cls(
-            config.pop("mode"),
-            tuple(config.pop("p_range")),
-            tuple(config.pop("rank_range")),
-            **config,
-        )
-        pool._own = {device_id: SmoothUCB.from_dict(tree) for device_id, tree in state["own"]}
-        pool._groups = {int(b): SmoothUCB.from_dict(tree) for b, tree in state["groups"]}
-        pool._fleet = None if state["fleet"] is None else SmoothUCB.from_dict(state["fleet"])
-        pool._log2_speed = {device_id: float(v) for device_id, v in state["log2_speed"]}
-        pool._reference_log2 = state["reference_log2"]
-        pool._trees_made = int(state["trees_made"])
-        return pool

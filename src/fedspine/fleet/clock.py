@@ -7,12 +7,13 @@ sharing state. Rounds are numbered from 1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from fedspine.fleet.profiles import STREAM_POWER, STREAM_ROUND, DeviceProfile, FleetSpec
+
+MESSAGES_PER_ROUND = 2  # the plan down and the reply up, each paying the device's latency once
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,9 @@ def compute_time_s(train_flops: float, cond: RoundConditions) -> float:
     return float(train_flops) / cond.flops_per_s
 
 
-def comm_time_s(
-    bytes_up: int, bytes_down: int, cond: RoundConditions, latency_s: float, messages: int = 2
-) -> float:
+def comm_time_s(bytes_up: int, bytes_down: int, cond: RoundConditions, latency_s: float) -> float:
     """Seconds on the network: payload over bandwidth plus a fixed latency per message."""
-    return (bytes_up + bytes_down) / cond.bandwidth_Bps + messages * latency_s
+    return (bytes_up + bytes_down) / cond.bandwidth_Bps + MESSAGES_PER_ROUND * latency_s
 
 
 def round_time_s(
@@ -79,17 +78,9 @@ def round_time_s(
     bytes_down: int,
     cond: RoundConditions,
     latency_s: float,
-    messages: int = 2,
 ) -> float:
-    """A device's round time: compute + (up + down) / bandwidth + messages x latency."""
-    if train_flops < 0 or bytes_up < 0 or bytes_down < 0 or messages < 0:
-        raise ValueError("round_time_s: FLOPs, bytes and messages must be >= 0")
+    """A device's round time: compute + (up + down) / bandwidth + 2 messages x latency."""
+    if train_flops < 0 or bytes_up < 0 or bytes_down < 0:
+        raise ValueError("round_time_s: FLOPs and bytes must be >= 0")
     compute = compute_time_s(train_flops, cond)
-    return compute + comm_time_s(bytes_up, bytes_down, cond, latency_s, messages)
-
-
-def synchronous_round_time(times: Sequence[float]) -> float:
-    """A synchronous round ends when its slowest participant reports."""
-    if len(times) == 0:
-        raise ValueError("synchronous_round_time needs at least one participant's time")
-    return float(max(times))
+    return compute + comm_time_s(bytes_up, bytes_down, cond, latency_s)

@@ -1,4 +1,4 @@
-"""Training cost from the model's real shapes: FLOPs, memory and message bytes.
+"""Training cost from the model's real shapes: FLOPs and memory.
 
 Costs are read from the modules that actually exist and run, so a pruned model (smaller
 Linear layers, fewer heads) costs less without any constant to update. Only matrix
@@ -16,11 +16,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 from fedspine.errors import ModelError
-from fedspine.fleet.profiles import DEFAULT_MEMORY_USABLE_FRACTION, DeviceProfile
+from fedspine.fleet.profiles import DeviceProfile
 from fedspine.models.families import adapter_for, unwrap_peft
 
 # Modules that see one vector per sequence (the [CLS] pooler and classification head of
@@ -29,6 +28,8 @@ PER_SEQUENCE_MODULES: tuple[str, ...] = ("pooler", "classifier")
 
 # Mixed-precision Adam: fp32 master copy (4) + first moment (4) + second moment (4) bytes.
 ADAM_MIXED_PRECISION_STATE_BYTES = 12
+# fp16 on the device: bytes of one weight, gradient or saved activation value.
+DEVICE_BYTES_PER_VALUE = 2
 
 
 @dataclass(frozen=True)
@@ -102,12 +103,9 @@ def _matches(name: str, module_names: Sequence[str]) -> bool:
     return any(wanted in parts for wanted in module_names)
 
 
-def executed_linears(
-    model: nn.Module,
-    per_sequence_modules: Sequence[str] = PER_SEQUENCE_MODULES,
-    frozen_base: bool = True,
-) -> list[LinearCall]:
-    """Every Linear the forward pass runs (peft-aware), tagged per token or per sequence.
+def executed_linears(model: nn.Module, frozen_base: bool = True) -> list[LinearCall]:
+    """Every Linear the forward pass runs (peft-aware), tagged per token or per sequence
+    (modules named in `PER_SEQUENCE_MODULES` see one vector per sequence).
 
     `trainable` follows `weight.requires_grad` when `frozen_base` (peft freezes the base and
     marks LoRA factors and saved heads trainable); with `frozen_base=False` all weights train.
@@ -121,31 +119,11 @@ def executed_linears(
                 in_features=linear.in_features,
                 out_features=linear.out_features,
                 trainable=bool(trainable),
-                per_sequence=_matches(name, per_sequence_modules),
+                per_sequence=_matches(name, PER_SEQUENCE_MODULES),
                 is_lora=is_lora,
             )
         )
     return calls
-
-
-def linear_flops_per_token(
-    model: nn.Module, per_sequence_modules: Sequence[str] = PER_SEQUENCE_MODULES
-) -> int:
-    """Forward FLOPs of the Linears run once per token (LoRA A/B included; heads excluded).
-
-    Modules named in `per_sequence_modules` run once per sequence; see
-    `linear_flops_per_sequence`.
-    """
-    calls = executed_linears(model, per_sequence_modules)
-    return sum(call.flops_per_row for call in calls if not call.per_sequence)
-
-
-def linear_flops_per_sequence(
-    model: nn.Module, per_sequence_modules: Sequence[str] = PER_SEQUENCE_MODULES
-) -> int:
-    """Forward FLOPs of the Linears run once per sequence (pooler, classification head)."""
-    calls = executed_linears(model, per_sequence_modules)
-    return sum(call.flops_per_row for call in calls if call.per_sequence)
 
 
 def _model_config(model: nn.Module) -> Any:
@@ -199,50 +177,19 @@ def _live_widths(model: nn.Module, config: Any) -> LayerShapes | None:
     return LayerShapes(int(config.hidden_size), head_dim, tuple(heads), tuple(intermediates))
 
 
-def layer_shapes(
-    model: nn.Module,
-    heads_per_layer: Sequence[int] | None = None,
-    intermediate_per_layer: Sequence[int] | None = None,
-) -> LayerShapes:
-    """Heads and FFN channels per layer: given lists win, else the live modules, else config."""
+def layer_shapes(model: nn.Module) -> LayerShapes:
+    """Heads and FFN channels per layer: from the live modules, else from the config."""
     config = _model_config(model)
     live = _live_widths(model, config)
-    if live is None:
-        layers = int(config.num_hidden_layers)
-        live = LayerShapes(
-            hidden_size=int(config.hidden_size),
-            head_dim=_config_head_dim(config),
-            heads=(int(config.num_attention_heads),) * layers,
-            intermediates=(int(config.intermediate_size),) * layers,
-        )
-    heads = live.heads if heads_per_layer is None else tuple(int(h) for h in heads_per_layer)
-    intermediates = (
-        live.intermediates
-        if intermediate_per_layer is None
-        else tuple(int(width) for width in intermediate_per_layer)
+    if live is not None:
+        return live
+    layers = int(config.num_hidden_layers)
+    return LayerShapes(
+        hidden_size=int(config.hidden_size),
+        head_dim=_config_head_dim(config),
+        heads=(int(config.num_attention_heads),) * layers,
+        intermediates=(int(config.intermediate_size),) * layers,
     )
-    if len(heads) != len(intermediates):
-        raise ModelError(
-            f"per-layer counts disagree: {len(heads)} head counts vs {len(intermediates)} FFN "
-            "widths; pass one entry per layer in both"
-        )
-    return LayerShapes(live.hidden_size, live.head_dim, heads, intermediates)
-
-
-def attention_flops_per_sequence(
-    config: Any,
-    seq_len: int,
-    heads_per_layer: Sequence[int] | None = None,
-    head_dim: int | None = None,
-) -> int:
-    """Forward FLOPs of QK^T and AV: 2 matmuls x 2 FLOPs x heads x head_dim x seq_len^2.
-
-    `heads_per_layer` gives a head-pruned model's counts (else the config's, every layer).
-    """
-    if heads_per_layer is None:
-        heads_per_layer = [int(config.num_attention_heads)] * int(config.num_hidden_layers)
-    dim = _config_head_dim(config) if head_dim is None else head_dim
-    return 2 * 2 * sum(int(h) for h in heads_per_layer) * dim * seq_len * seq_len
 
 
 def _attention_flops(shapes: LayerShapes, seq_len: int) -> int:
@@ -258,20 +205,14 @@ def _linear_training_flops(call: LinearCall, num_sequences: int, seq_len: int) -
     return forward * (3.0 if call.trainable else 2.0)
 
 
-def forward_flops(
-    model: nn.Module,
-    num_sequences: int,
-    seq_len: int,
-    heads_per_layer: Sequence[int] | None = None,
-    per_sequence_modules: Sequence[str] = PER_SEQUENCE_MODULES,
-) -> float:
+def forward_flops(model: nn.Module, num_sequences: int, seq_len: int) -> float:
     """FLOPs of one forward pass over `num_sequences` sequences of `seq_len` tokens."""
-    calls = executed_linears(model, per_sequence_modules)
+    calls = executed_linears(model)
     linear = sum(
         float(num_sequences * (1 if call.per_sequence else seq_len)) * call.flops_per_row
         for call in calls
     )
-    shapes = layer_shapes(model, heads_per_layer)
+    shapes = layer_shapes(model)
     return linear + float(num_sequences) * _attention_flops(shapes, seq_len)
 
 
@@ -280,8 +221,6 @@ def training_flops(
     num_sequences: int,
     seq_len: int,
     frozen_base: bool = True,
-    heads_per_layer: Sequence[int] | None = None,
-    per_sequence_modules: Sequence[str] = PER_SEQUENCE_MODULES,
     forward_only: bool = False,
 ) -> float:
     """FLOPs to train on `num_sequences` sequences (forward + backward), from real shapes.
@@ -295,13 +234,13 @@ def training_flops(
     So LoRA on a frozen base costs about 2/3 of full fine-tuning. Input gradients below the
     lowest LoRA layer are not needed; counting them is a < 1/L overestimate we accept.
     `forward_only=True` gives the forward cost (e.g. scoring batches without a backward).
-    Head counts come from the live modules unless `heads_per_layer` is given.
+    Head counts come from the live modules.
     """
     if forward_only:
-        return forward_flops(model, num_sequences, seq_len, heads_per_layer, per_sequence_modules)
-    calls = executed_linears(model, per_sequence_modules, frozen_base)
+        return forward_flops(model, num_sequences, seq_len)
+    calls = executed_linears(model, frozen_base)
     linear = sum(_linear_training_flops(call, num_sequences, seq_len) for call in calls)
-    shapes = layer_shapes(model, heads_per_layer)
+    shapes = layer_shapes(model)
     return linear + 3.0 * float(num_sequences) * _attention_flops(shapes, seq_len)
 
 
@@ -325,16 +264,14 @@ def _layer_activation_bytes(
     return tokens * per_token + batch_size * heads * seq_len * seq_len * per_score
 
 
-def activation_bytes(
-    shapes: LayerShapes, batch_size: int, seq_len: int, bytes_per_value: int = 2
-) -> int:
-    """Saved activations of one training step: embeddings plus every layer's share.
+def activation_bytes(shapes: LayerShapes, batch_size: int, seq_len: int) -> int:
+    """Saved fp16 activations of one training step: embeddings plus every layer's share.
 
     Every layer's activations are kept (no checkpointing); a LoRA step on a frozen base needs
     them too, since the LoRA A factors and the nonlinearities read them in the backward.
     A gated (SwiGLU) FFN saves one more I-wide tensor than this counts: a few percent.
     """
-    hidden = shapes.hidden_size
+    hidden, bytes_per_value = shapes.hidden_size, DEVICE_BYTES_PER_VALUE
     embeddings = batch_size * seq_len * (bytes_per_value * hidden + hidden)
     layers = sum(
         _layer_activation_bytes(
@@ -345,37 +282,28 @@ def activation_bytes(
     return embeddings + layers
 
 
-def training_memory_bytes(
-    model: nn.Module,
-    batch_size: int,
-    seq_len: int,
-    bytes_per_param: int = 2,
-    optimizer_state_per_trainable: int = ADAM_MIXED_PRECISION_STATE_BYTES,
-    frozen_base: bool = True,
-    heads_per_layer: Sequence[int] | None = None,
-    intermediate_per_layer: Sequence[int] | None = None,
-) -> int:
-    """Peak training memory estimate in bytes:
+def training_memory_bytes(model: nn.Module, batch_size: int, seq_len: int) -> int:
+    """Peak training memory estimate in bytes, with bytes = DEVICE_BYTES_PER_VALUE (fp16):
 
-        weights        all parameters x bytes_per_param (fp16 on the device)
-      + gradients      trainable parameters x bytes_per_param
-      + optimizer      trainable parameters x optimizer_state_per_trainable
+        weights        all parameters x bytes
+      + gradients      trainable parameters x bytes
+      + optimizer      trainable parameters x ADAM_MIXED_PRECISION_STATE_BYTES
                        (12 = fp32 master copy + Adam m and v, mixed precision)
       + activations    `activation_bytes`: embeddings + per layer
                        b s ((4h + 4A + 2I) x bytes + 2h) + b a s^2 (2 x bytes + 1)
       + LoRA middles   b s r x bytes for every executed LoRA pair.
 
-    Trainable follows `requires_grad` when `frozen_base` (peft's marking), else all weights.
-    Widths come from the live modules unless given. The OS and CUDA context are covered by
-    the fleet's usable-memory fraction, not here.
+    Trainable follows `requires_grad` (peft's marking). Widths come from the live modules.
+    The OS and CUDA context are covered by the fleet's usable-memory fraction, not here.
     """
+    bytes_per_param = DEVICE_BYTES_PER_VALUE
     parameters = list(model.parameters())
     total = sum(param.numel() for param in parameters)
-    trainable = sum(param.numel() for param in parameters if param.requires_grad or not frozen_base)
+    trainable = sum(param.numel() for param in parameters if param.requires_grad)
     weights_and_states = total * bytes_per_param
-    weights_and_states += trainable * (bytes_per_param + optimizer_state_per_trainable)
-    shapes = layer_shapes(model, heads_per_layer, intermediate_per_layer)
-    activations = activation_bytes(shapes, batch_size, seq_len, bytes_per_param)
+    weights_and_states += trainable * (bytes_per_param + ADAM_MIXED_PRECISION_STATE_BYTES)
+    shapes = layer_shapes(model)
+    activations = activation_bytes(shapes, batch_size, seq_len)
     lora_middles = sum(
         call.out_features
         for call in executed_linears(model)
@@ -385,21 +313,7 @@ def training_memory_bytes(
     return int(weights_and_states + activations)
 
 
-def exceeds_budget(
-    mem_bytes: int,
-    profile: DeviceProfile,
-    usable_fraction: float = DEFAULT_MEMORY_USABLE_FRACTION,
-) -> bool:
-    """True when a configuration's training memory does not fit this device's budget.
-
-    Pass the run's `FleetSpec.memory_usable_fraction`; the default equals the spec's default.
-    """
+def exceeds_budget(mem_bytes: int, profile: DeviceProfile, usable_fraction: float) -> bool:
+    """True when a configuration's training memory does not fit this device's budget
+    (`usable_fraction`: the run's `FleetSpec.memory_usable_fraction`)."""
     return mem_bytes > profile.memory_bytes * usable_fraction
-
-
-def lora_bytes(state: dict[str, Any], bytes_per_value: int = 4) -> int:
-    """Bytes of a message payload of tensors (torch or numpy), at `bytes_per_value` each."""
-    values = 0
-    for tensor in state.values():
-        values += int(tensor.numel()) if isinstance(tensor, torch.Tensor) else int(tensor.size)
-    return values * bytes_per_value

@@ -223,3 +223,22 @@ def fleet_to_dict(spec: FleetSpec, fleet: list[DeviceProfile]) -> dict[str, Any]
         "tier_counts": counts,
         "devices": [asdict(profile) for profile in fleet],
     }
+
+
+def parse_tiers(text: str) -> list[tuple[str, float, float, int]]:
+    """Parse `name:TFLOPs:GB:count,...` into tuples, with a clear error on a malformed entry."""
+    tiers = []
+    for entry in text.split(","):
+        parts = entry.strip().split(":")
+        try:
+            name, tflops, mem_gb, count = parts[0], float(parts[1]), float(parts[2]), int(parts[3])
+        except (IndexError, ValueError):
+            raise ConfigError(
+                f"fleet.tiers entry {entry!r} must be name:TFLOPs:GB:count, e.g. tx2:1.3:8:30"
+            ) from None
+        if not (tflops > 0 and mem_gb > 0 and count >= 0):
+            raise ConfigError(f"fleet.tiers entry {entry!r} out of range")
+        tiers.append((name, tflops, mem_gb, count))
+    if sum(t[3] for t in tiers) <= 0:
+        raise ConfigError("fleet.tiers needs at least one device")
+    return tiers

@@ -1,4 +1,4 @@
-"""Flower ClientApp: translates a train message into one device round and back.
+"""Flower ClientApp: translates a message into one device round (or a registration) and back.
 
 The device is `node_config["partition-id"]`; its data partition and simulated hardware profile
 follow from the run config carried in the message, so the same app works in simulation and on
@@ -7,22 +7,23 @@ SuperNodes. The base model is loaded once per process (`load_resources` caches i
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import time
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from fedspine import protocol as P
-from fedspine.device_round import DevicePlan, run_device_round
+from fedspine.device_round import run_device_round
 from fedspine.fleet.clock import conditions_at
 from fedspine.fleet.probe import simulate_probe
-from fedspine.pruning import KeptIndices, ModelScores
+from fedspine.flower import records
+from fedspine.logs import quiet_logs
+from fedspine.protocol import Registration
+from fedspine.pruning import ModelScores
 from fedspine.pruning.fleet_importance import scores_to_tensors, tensors_to_scores
 from fedspine.resources import load_resources
-from fedspine.runner import quiet_logs
 
 app = ClientApp()
 SCORES = "importance_ema"  # node-local state: the device's smoothed group importance
@@ -37,21 +38,24 @@ def _threads() -> None:
     quiet_logs(("transformers", "datasets"))
 
 
+def _device(msg: Message, context: Context):
+    """This run's resources (cached per process) and this node's device profile."""
+    res = load_resources(records.run_config(msg.content))
+    return res, res.fleet[int(context.node_config["partition-id"])]
+
+
 @app.query()
 def describe(msg: Message, context: Context) -> Message:
     """Registration: the device says who it is and its hardware class (as a real one would)."""
     _threads()
-    res = load_resources(str(msg.content[P.PLAN][P.CONFIG_JSON]))
-    device = res.fleet[int(context.node_config["partition-id"])]
-    meta = ConfigRecord({P.DEVICE_ID: device.device_id, P.TIER: device.tier})
-    if P.PROBE in msg.content:  # time one step and a transfer (simulated: the device's clock)
-        step_flops = float(msg.content[P.PROBE][P.STEP_FLOPS])
+    res, device = _device(msg, context)
+    request = records.decode_query(msg.content)
+    probe = None
+    if request.step_flops is not None:  # time one step and a transfer (simulated clock)
         conditions = conditions_at(device, res.fleet_spec, 1)
-        probe = simulate_probe(step_flops, conditions, device.latency_s)
-        meta[P.PROBE_STEP_S] = probe.step_s
-        meta[P.PROBE_BANDWIDTH] = probe.bandwidth_Bps
-        meta[P.PROBE_LATENCY] = probe.latency_s
-    return Message(content=RecordDict({P.DEVICE_META: meta}), reply_to=msg)
+        probe = simulate_probe(request.step_flops, conditions, device.latency_s)
+    registration = Registration.with_probe(device.device_id, device.tier, probe)
+    return Message(content=records.encode_registration(registration), reply_to=msg)
 
 
 def _load_scores(context: Context) -> ModelScores | None:
@@ -66,65 +70,17 @@ def _store_scores(context: Context, scores: ModelScores | None) -> None:
         context.state[SCORES] = ArrayRecord(torch_state_dict=scores_to_tensors(scores))
 
 
-def _fleet_prior(msg: Message) -> ModelScores | None:
-    """The server's pooled importance, when it shares one (pruning.share_importance)."""
-    if P.IMPORTANCE not in msg.content:
-        return None
-    return tensors_to_scores(msg.content[P.IMPORTANCE].to_torch_state_dict())
-
-
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     _threads()
-    plan_record = msg.content[P.PLAN]
-    # 1. Resources of this run (cached per process) and this device's identity.
-    res = load_resources(str(plan_record[P.CONFIG_JSON]))
-    device = res.fleet[int(context.node_config["partition-id"])]
-    # 2. The plan, the device's kept-index map and the down-linked LoRA.
-    kept = KeptIndices.from_dict(json.loads(str(plan_record[P.KEPT_JSON])))
-    plan = DevicePlan(
-        int(plan_record[P.ROUND]),
-        int(plan_record[P.LORA_RANK]),
-        float(plan_record[P.TARGET_SPARSITY]),
-        bool(plan_record[P.PRUNE_ONE_SHOT]),
-        bool(plan_record[P.RANK_SELF_PRUNE]),
-        int(plan_record[P.LOCAL_STEPS]),
-    )
-    factors = P.tensors_to_factors(msg.content[P.LORA].to_torch_state_dict())
-    head = msg.content[P.HEAD].to_torch_state_dict()
-    # 3. Train and prune locally, costed on the simulated clock.
-    result = run_device_round(
-        res,
-        device,
-        plan,
-        kept,
-        factors,
-        head,
-        prior_scores=_load_scores(context),
-        fleet_prior=_fleet_prior(msg),
-    )
-    _store_scores(context, result.scores)
-    # 4. Reply: LoRA in the device's own coordinates and rank, its kept map and its report.
-    metrics = {
-        **result.metrics,
-        P.OK: int(result.ok),
-        P.HANDLER_WALL_S: time.perf_counter() - start,
-    }
-    meta = {
-        P.DEVICE_ID: device.device_id,
-        P.TIER: device.tier,
-        P.ERROR: result.error,
-        P.KEPT_JSON: json.dumps(result.kept.to_dict()) if result.kept else "",
-    }
-    content = RecordDict(
-        {
-            P.LORA: ArrayRecord(torch_state_dict=P.factors_to_tensors(result.factors)),
-            P.HEAD: ArrayRecord(torch_state_dict=result.head),
-            P.REPORT: MetricRecord({k: float(v) for k, v in metrics.items()}),
-            P.DEVICE_META: ConfigRecord(meta),
-        }
-    )
-    if result.scored:  # this round's importance EMA, for the server's fleet prior
-        content[P.IMPORTANCE] = ArrayRecord(torch_state_dict=scores_to_tensors(result.scores))
-    return Message(content=content, reply_to=msg)
+    # 1. Resources of this run and this device's identity; the typed down-link.
+    res, device = _device(msg, context)
+    downlink = records.decode_downlink(msg.content)
+    # 2. Train and prune locally, costed on the simulated clock.
+    result = run_device_round(res, device, downlink, prior_scores=_load_scores(context))
+    _store_scores(context, result.carried_scores)
+    # 3. Reply: LoRA in the device's own coordinates and rank, its kept map and its report.
+    report = dataclasses.replace(result.uplink.report, handler_wall_s=time.perf_counter() - start)
+    uplink = dataclasses.replace(result.uplink, report=report)
+    return Message(content=records.encode_uplink(uplink), reply_to=msg)

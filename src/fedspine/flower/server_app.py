@@ -1,27 +1,93 @@
-"""Flower ServerApp: hands the Grid to the federation driver.
+"""Flower ServerApp: a `GridChannel` between the Flower-free run driver and Flower's Grid.
 
-`make_server_app` builds an app bound to a resolved config and run directory (in-process
-simulation from the CLI and the tests); the module-level `app` serves `flwr run .`, reading
-its settings from `[tool.flwr.app.config]` / `--run-config`.
+The run's loop is `fedspine.server.run.run_federation`: each round the server core plans,
+the channel turns its down-links into Messages, `grid.send_and_receive` delivers them, and
+the replies go back to the core as typed uplinks (or crashes). `make_server_app` builds an
+app bound to a resolved config and run directory (in-process simulation from the CLI and the
+tests); the module-level `app` serves `flwr run .`, reading its settings from
+`[tool.flwr.app.config]` / `--run-config`.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from logging import ERROR, INFO
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context
+from flwr.app import Context, Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedspine.config import Config, config_to_dict, load_config
 from fedspine.errors import ConfigError, FedspineError
-from fedspine.flower.federation import run_federation, wait_for_nodes
+from fedspine.flower import records
+from fedspine.logs import QUIET_LOGGERS, quiet_logs
+from fedspine.protocol import Downlink, ProbeRequest, Registration
 from fedspine.report.progress import RunProgress
-from fedspine.report.record import RunDirectory
+from fedspine.resources import load_resources
+from fedspine.run_dir import (
+    RunDirectory,
+    abandon_run,
+    check_out_dir,
+    finish_run,
+    new_run_dir,
+    run_dir_path,
+)
+from fedspine.server.core import DeviceCrash, Reply
+from fedspine.server.run import run_federation
+
+NODE_WAIT_S = 120.0
+
+
+def wait_for_nodes(grid: Grid, count: int) -> list[int]:
+    deadline = time.monotonic() + NODE_WAIT_S
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= count or time.monotonic() > deadline:
+            return nodes
+        time.sleep(0.2)
+
+
+class GridChannel:
+    """The run driver's `DeviceChannel` over a Flower Grid: typed messages in and out."""
+
+    def __init__(self, grid: Grid, config: Config) -> None:
+        self.grid, self.num_devices = grid, config.fleet.num_devices
+        self.config_json = json.dumps(config_to_dict(config), sort_keys=True)
+
+    def register(self, request: ProbeRequest) -> dict[int, Registration]:
+        content = records.encode_query(self.config_json, request)
+        messages = [
+            Message(content=content, message_type="query", dst_node_id=node)
+            for node in wait_for_nodes(self.grid, self.num_devices)
+        ]
+        registrations = {}
+        for reply in self.grid.send_and_receive(messages):
+            if reply.has_error():
+                raise RuntimeError(f"device registration failed: {reply.error.reason}")
+            registrations[reply.metadata.src_node_id] = records.decode_registration(reply.content)
+        return registrations
+
+    def train(self, downlinks: dict[int, Downlink]) -> dict[int, Reply]:
+        messages = [
+            Message(
+                content=records.encode_downlink(self.config_json, downlink),
+                message_type="train",
+                dst_node_id=node,
+            )
+            for node, downlink in downlinks.items()
+        ]
+        replies: dict[int, Reply] = {}
+        for reply in self.grid.send_and_receive(messages):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                replies[node] = DeviceCrash(str(reply.error.reason))
+            else:
+                replies[node] = records.decode_uplink(reply.content)
+        return replies
 
 
 def make_server_app(
@@ -36,7 +102,8 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            outcome["summary"] = run_federation(grid, config, run_dir, progress)
+            channel = GridChannel(grid, config)
+            outcome["summary"] = run_federation(channel, config, run_dir, progress)
         except BaseException as err:  # re-raised by the runner after the simulation stops
             outcome["error"] = err
 
@@ -50,8 +117,6 @@ def config_from_run_config(run_config: Mapping[str, Any]) -> tuple[Config, Path]
     `out` is resolved in the ServerApp's working directory (the SuperLink's, not the caller's
     of `flwr run`), so the absolute path is logged.
     """
-    from fedspine.runner import run_dir_path
-
     overrides = [s.strip() for s in str(run_config.get("overrides", "")).split(";") if s.strip()]
     config_file = str(run_config.get("config-file", "")).strip()
     config = load_config(
@@ -76,9 +141,6 @@ def check_fleet_size(grid: Grid, num_devices: int) -> None:
 
 def prepare_run(grid: Grid, run_config: Mapping[str, Any]) -> tuple[Config, Path]:
     """Every check that can fail on bad input, before a run directory exists."""
-    from fedspine.resources import load_resources
-    from fedspine.runner import check_out_dir
-
     config, out = config_from_run_config(run_config)
     check_out_dir(out)
     load_resources(json.dumps(config_to_dict(config), sort_keys=True))
@@ -96,8 +158,6 @@ def main(grid: Grid, context: Context) -> None:
     A user error is logged as one `fedspine error:` line and re-raised so the run is marked
     failed; a run that fails midway keeps its finished rounds in `<out>.partial/`.
     """
-    from fedspine.runner import QUIET_LOGGERS, abandon_run, finish_run, new_run_dir, quiet_logs
-
     quiet_logs(tuple(name for name in QUIET_LOGGERS if name != "flwr"))  # keep Flower's log
     try:
         config, out = prepare_run(grid, context.run_config)
@@ -113,7 +173,7 @@ def main(grid: Grid, context: Context) -> None:
     )
     run_dir = new_run_dir(config, out)
     try:
-        summary = run_federation(grid, config, run_dir)
+        summary = run_federation(GridChannel(grid, config), config, run_dir)
     except BaseException:
         kept = abandon_run(run_dir)
         log(

@@ -4,10 +4,12 @@ Conventions
 * A device's module has A (r_i, in_kept), B (out_kept, r_i) and peft scaling s_i = alpha / r_i;
   its weight delta is s_i * B @ A in its own kept coordinates. ``rows`` / ``cols`` give the
   kept output rows / input columns in full-width coordinates (None = all kept).
-* Every aggregator returns global factors at full width in the *scaling-1* convention:
-  B @ A is the global delta. The down-link functions put each device's scaling back.
+* Every device of a run shares one peft scaling s (lora_alpha = alpha_per_rank * r), passed
+  as ``scaling``. The masked-SVD rules return global factors at full width in the *scaling-1*
+  convention (B @ A is the global delta); the down-link puts s back. Factor averaging with
+  ``scaling = 1`` keeps the uploads' own convention (delta = s B @ A).
 
-Aggregators (``AGGREGATORS``, all called as ``f(updates, full_shapes, max_rank, previous)``)
+Aggregation rules (pure functions; `fedspine.lora.aggregators` wraps each in one class)
 * ``masked-svd`` [our choice]: map each s_i B_i A_i to full width, average each coordinate
   only over the devices that kept it (example-count weights), so a coordinate pruned by some
   devices is not diluted toward zero; a coordinate no participant kept keeps its value in
@@ -37,7 +39,7 @@ Down-link
 * ``restrict_and_truncate`` [our choice, FlexLoRA-style]: slice the global delta to the device's
   kept rows / cols, truncated SVD to its rank r, split sqrt(S / s) symmetrically between B and A
   so s * B @ A is the best rank-r approximation.
-* ``restrict_and_slice`` (HetLoRA / FedIT): take the first r rank components of each factor.
+* ``slice_factors`` (HetLoRA / FedIT): take the first r rank components of each factor.
 Null components: an SVD component with a (numerically) zero singular value, or a rank beyond
 the restricted matrix's size, would give a zero row of A *and* a zero column of B, which never
 receive gradient again. Such components get peft's default init instead: A row kaiming-uniform
@@ -49,61 +51,38 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+from fedspine.lora.factors import LoraFactors, compute_dtype
 
 Shape = tuple[int, int]
 
 
 @dataclass
-class LoraFactors:
-    """One LoRA module's factors; delta = scaling * B @ A."""
-
-    A: Tensor  # (r, in_kept)
-    B: Tensor  # (out_kept, r)
-
-    @property
-    def rank(self) -> int:
-        return int(self.A.shape[0])
-
-    def delta(self, scaling: float = 1.0) -> Tensor:
-        """scaling * B @ A, computed in at least float32."""
-        dtype = _compute_dtype(self.A)
-        return scaling * (self.B.to(dtype) @ self.A.to(dtype))
-
-
-@dataclass
-class DeviceLoraUpdate:
-    """What one device uploads: factors in its own kept coordinates and rank."""
+class LoraUpload:
+    """What one device uploads: LoRA factors in its own kept coordinates and rank, its head,
+    and (for the residual rule) the down-link it started the round from."""
 
     factors: dict[str, LoraFactors]
-    scaling: dict[str, float] | float  # peft scaling alpha / r, per module or one value
     rows: dict[str, Tensor | None]  # kept output rows in full coordinates; missing/None = all
     cols: dict[str, Tensor | None]  # kept input cols in full coordinates; missing/None = all
     num_examples: int
-    # What the down-link sent this round (same scaling), at the round-start kept coordinates;
-    # only `masked-svd-residual` reads it.
+    head: dict[str, Tensor] = field(default_factory=dict)
+    # What the down-link sent this round, at the round-start kept coordinates.
     received: dict[str, LoraFactors] | None = None
     received_rows: dict[str, Tensor | None] | None = None
     received_cols: dict[str, Tensor | None] | None = None
-
-
-def _compute_dtype(tensor: Tensor) -> torch.dtype:
-    return torch.promote_types(tensor.dtype, torch.float32)
-
-
-def _scaling_of(scaling: Mapping[str, float] | float, name: str) -> float:
-    return float(scaling[name]) if isinstance(scaling, Mapping) else float(scaling)
 
 
 def _full_index(index: Tensor | None, size: int) -> Tensor:
     return torch.arange(size) if index is None else index.to(torch.long)
 
 
-def _kept_indices(update: DeviceLoraUpdate, name: str, full_shape: Shape) -> tuple[Tensor, Tensor]:
+def _kept_indices(update: LoraUpload, name: str, full_shape: Shape) -> tuple[Tensor, Tensor]:
     """The update's kept rows / cols for a module, checked against its factor shapes."""
     rows = _full_index(update.rows.get(name), full_shape[0])
     cols = _full_index(update.cols.get(name), full_shape[1])
@@ -118,7 +97,7 @@ def _kept_indices(update: DeviceLoraUpdate, name: str, full_shape: Shape) -> tup
     return rows, cols
 
 
-def _example_weights(updates: list[DeviceLoraUpdate]) -> list[float]:
+def _example_weights(updates: list[LoraUpload]) -> list[float]:
     """Example counts as weights; equal weights if every count is zero."""
     if not updates:
         raise ValueError("no device updates to aggregate")
@@ -126,17 +105,19 @@ def _example_weights(updates: list[DeviceLoraUpdate]) -> list[float]:
     return counts if sum(counts) > 0 else [1.0] * len(updates)
 
 
-def _check_names(updates: list[DeviceLoraUpdate], full_shapes: Mapping[str, Shape]) -> None:
+def _check_names(updates: list[LoraUpload], full_shapes: Mapping[str, Shape]) -> None:
     for update in updates:
         unknown = set(update.factors) - set(full_shapes)
         if unknown:
             raise ValueError(f"update has LoRA modules with no full shape: {sorted(unknown)}")
 
 
-def to_full_delta(update: DeviceLoraUpdate, name: str, full_shape: Shape) -> tuple[Tensor, Tensor]:
+def to_full_delta(
+    update: LoraUpload, name: str, full_shape: Shape, scaling: float
+) -> tuple[Tensor, Tensor]:
     """(s * B @ A placed at full width with zeros elsewhere, bool mask of kept coordinates)."""
     rows, cols = _kept_indices(update, name, full_shape)
-    local = update.factors[name].delta(_scaling_of(update.scaling, name))
+    local = update.factors[name].delta(float(scaling))
     kept_rows = torch.zeros(full_shape[0], len(cols), dtype=local.dtype).index_copy_(0, rows, local)
     delta = torch.zeros(full_shape, dtype=local.dtype).index_copy_(1, cols, kept_rows)
     row_mask = torch.zeros(full_shape[0], dtype=torch.bool)
@@ -177,23 +158,24 @@ def _previous_delta(previous: Mapping[str, LoraFactors] | None, name: str, shape
     return torch.zeros(shape)
 
 
-def _truncation_residual(update: DeviceLoraUpdate, name: str, previous: Tensor) -> Tensor:
+def _truncation_residual(
+    update: LoraUpload, name: str, previous: Tensor, scaling: float
+) -> Tensor:
     """previous - (what the device received), at full width: what the rank-r_i down-link left
     out (zero where the device received the global exactly, or nothing)."""
     if update.received is None or name not in update.received:
         return torch.zeros_like(previous)
-    sent = DeviceLoraUpdate(
-        update.received, update.scaling, update.received_rows or {}, update.received_cols or {}, 0
-    )
-    sent_delta, sent_mask = to_full_delta(sent, name, tuple(previous.shape))
+    sent = LoraUpload(update.received, update.received_rows or {}, update.received_cols or {}, 0)
+    sent_delta, sent_mask = to_full_delta(sent, name, tuple(previous.shape), scaling)
     return (previous - sent_delta.to(previous.dtype)) * sent_mask
 
 
 def _masked_mean(
-    updates: list[DeviceLoraUpdate],
+    updates: list[LoraUpload],
     weights: list[float],
     name: str,
     fallback: Tensor,
+    scaling: float,
     keep_residual: bool = False,
 ) -> Tensor:
     """Example-weighted mean of each coordinate over the devices that kept it, else fallback.
@@ -207,19 +189,20 @@ def _masked_mean(
     cover = torch.zeros_like(fallback)
     for update, weight in zip(updates, weights, strict=True):
         if name in update.factors:
-            delta, mask = to_full_delta(update, name, tuple(fallback.shape))
+            delta, mask = to_full_delta(update, name, tuple(fallback.shape), scaling)
             delta = delta.to(total.dtype)
             if keep_residual:
-                delta = delta + mask * _truncation_residual(update, name, fallback)
+                delta = delta + mask * _truncation_residual(update, name, fallback, scaling)
             total += weight * delta
             cover += weight * mask
     return torch.where(cover > 0, total / cover.clamp_min(1e-30), fallback)
 
 
 def aggregate_masked_svd(
-    updates: list[DeviceLoraUpdate],
+    updates: list[LoraUpload],
     full_shapes: Mapping[str, Shape],
     max_rank: int,
+    scaling: float,
     previous: Mapping[str, LoraFactors] | None = None,
     keep_residual: bool = False,
     server_step: float = 1.0,
@@ -234,10 +217,10 @@ def aggregate_masked_svd(
     weights = _example_weights(updates)
     result = {}
     for name, shape in full_shapes.items():
-        dtypes = [_compute_dtype(u.factors[name].A) for u in updates if name in u.factors]
+        dtypes = [compute_dtype(u.factors[name].A) for u in updates if name in u.factors]
         dtype = torch.float64 if torch.float64 in dtypes else torch.float32
         fallback = _previous_delta(previous, name, shape).to(dtype)
-        mean = _masked_mean(updates, weights, name, fallback, keep_residual)
+        mean = _masked_mean(updates, weights, name, fallback, scaling, keep_residual)
         result[name] = _factorise(step_toward(fallback, mean, server_step), max_rank)
     return result
 
@@ -250,15 +233,15 @@ def step_toward(previous: Tensor, target: Tensor, step: float) -> Tensor:
 
 
 def _padded_factors(
-    update: DeviceLoraUpdate, name: str, shape: Shape, max_rank: int
+    update: LoraUpload, name: str, shape: Shape, max_rank: int, scaling: float
 ) -> LoraFactors:
     """Factors zero-padded to full width and `max_rank`, sqrt(scaling) folded into each."""
     rows, cols = _kept_indices(update, name, shape)
     factors = update.factors[name]
     if factors.rank > max_rank:
         raise ValueError(f"{name}: device rank {factors.rank} exceeds max_rank {max_rank}")
-    dtype = _compute_dtype(factors.A)
-    root = math.sqrt(_scaling_of(update.scaling, name))
+    dtype = compute_dtype(factors.A)
+    root = math.sqrt(scaling)
     A = torch.zeros(max_rank, shape[1], dtype=dtype)
     B = torch.zeros(shape[0], max_rank, dtype=dtype)
     A[: factors.rank, cols] = root * factors.A.to(dtype)
@@ -267,21 +250,23 @@ def _padded_factors(
 
 
 def aggregate_zero_pad(
-    updates: list[DeviceLoraUpdate],
+    updates: list[LoraUpload],
     full_shapes: Mapping[str, Shape],
     max_rank: int,
+    scaling: float = 1.0,
     previous: Mapping[str, LoraFactors] | None = None,
 ) -> dict[str, LoraFactors]:
     """HetLoRA: zero-pad to max rank and full width, average A and B separately.
 
-    ``previous`` is used only for a module no device sent (it is kept as it was).
+    sqrt(scaling) is folded into each factor (1 keeps the uploads' convention). ``previous``
+    is used only for a module no device sent (it is kept as it was).
     """
     _check_names(updates, full_shapes)
     weights = _example_weights(updates)
     result = {}
     for name, shape in full_shapes.items():
         padded = [
-            (w, _padded_factors(u, name, shape, max_rank))
+            (w, _padded_factors(u, name, shape, max_rank, scaling))
             for u, w in zip(updates, weights, strict=True)
             if name in u.factors
         ]
@@ -299,7 +284,7 @@ def aggregate_zero_pad(
     return result
 
 
-def fedavg_factors(updates: list[DeviceLoraUpdate]) -> dict[str, LoraFactors]:
+def fedavg_factors(updates: list[LoraUpload]) -> dict[str, LoraFactors]:
     """FedIT: same modules, ranks and shapes on every device, no pruning; average A and B."""
     reference = updates[0].factors if updates else {}
     if any(any(i is not None for i in (*u.rows.values(), *u.cols.values())) for u in updates):
@@ -320,28 +305,6 @@ def fedavg_factors(updates: list[DeviceLoraUpdate]) -> dict[str, LoraFactors]:
                 )
     ranks = {f.rank for f in reference.values()}
     return aggregate_zero_pad(updates, full_shapes, max(ranks, default=0))
-
-
-def _fedavg_aggregator(
-    updates: list[DeviceLoraUpdate],
-    full_shapes: Mapping[str, Shape],
-    max_rank: int,
-    previous: Mapping[str, LoraFactors] | None = None,
-) -> dict[str, LoraFactors]:
-    """Registry adapter: fedavg ignores max_rank and previous; shapes must be the full ones."""
-    result = fedavg_factors(updates)
-    for name, factors in result.items():
-        if (factors.B.shape[0], factors.A.shape[1]) != tuple(full_shapes[name]):
-            raise ValueError(f"fedavg needs unpruned modules; {name} is not full width")
-    return result
-
-
-Aggregator = Callable[..., dict[str, LoraFactors]]
-AGGREGATORS: dict[str, Aggregator] = {
-    "masked-svd": aggregate_masked_svd,
-    "zero-pad": aggregate_zero_pad,
-    "fedavg": _fedavg_aggregator,
-}
 
 
 def _init_generator(seed: int, name: str) -> torch.Generator:
@@ -391,63 +354,42 @@ def restrict_and_truncate(
     rows: Mapping[str, Tensor | None],
     cols: Mapping[str, Tensor | None],
     rank: int,
-    scaling: Mapping[str, float] | float,
+    scaling: float,
     seed: int = 0,
 ) -> dict[str, LoraFactors]:
     """Down-link: the device's slice of the global delta, truncated SVD to `rank`."""
     result = {}
     for name, factors in global_factors.items():
-        dtype = _compute_dtype(factors.A)
+        dtype = compute_dtype(factors.A)
         kept_rows = _full_index(rows.get(name), factors.B.shape[0])
         kept_cols = _full_index(cols.get(name), factors.A.shape[1])
         result[name] = _split_for_device(
             factors.B[kept_rows].to(dtype),
             factors.A[:, kept_cols].to(dtype),
             rank,
-            _scaling_of(scaling, name),
+            float(scaling),
             _init_generator(seed, name),
         )
     return result
 
 
-def restrict_and_slice(
+def slice_factors(
     global_factors: Mapping[str, LoraFactors],
     rows: Mapping[str, Tensor | None],
     cols: Mapping[str, Tensor | None],
     rank: int,
-    scaling: Mapping[str, float] | float,
 ) -> dict[str, LoraFactors]:
-    """Down-link for zero-pad / fedavg globals: first `rank` components, kept rows / cols."""
+    """HetLoRA / FedIT down-link: the first `rank` components at the kept rows / cols, in the
+    global factors' own convention (copies, so training never writes into the global)."""
     result = {}
     for name, factors in global_factors.items():
-        if rank > factors.rank:
-            raise ValueError(f"{name}: rank {rank} exceeds the global rank {factors.rank}")
-        root = math.sqrt(_scaling_of(scaling, name))
-        kept_rows = _full_index(rows.get(name), factors.B.shape[0])
-        kept_cols = _full_index(cols.get(name), factors.A.shape[1])
-        result[name] = LoraFactors(
-            A=factors.A[:rank][:, kept_cols] / root, B=factors.B[kept_rows][:, :rank] / root
-        )
+        A, B = factors.A[:rank], factors.B[:, :rank]
+        if cols.get(name) is not None:
+            A = A[:, cols[name]]
+        if rows.get(name) is not None:
+            B = B[rows[name]]
+        result[name] = LoraFactors(A=A.clone(), B=B.clone())
     return result
-
-
-def initial_global_factors(
-    full_shapes: Mapping[str, Shape], rank: int, seed: int = 0
-) -> dict[str, LoraFactors]:
-    """A fresh global adapter (peft init: random A, B == 0) in the scaling-1 convention.
-
-    For zero-pad / fedavg methods, so every device starts from the same A (FedIT averages
-    factors, which only makes sense from a common start); restrict_and_slice hands a device
-    A / sqrt(s). The masked-svd path needs no initial state: a zero delta already gives peft's
-    init through restrict_and_truncate.
-    """
-    return {
-        name: LoraFactors(
-            A=peft_init_a(rank, shape[1], _init_generator(seed, name)),
-            B=torch.zeros(shape[0], rank),
-        )
-        for name, shape in full_shapes.items()
-    }
 
 
 def average_tensors(tensors: list[Tensor], weights: list[float]) -> Tensor:
@@ -462,6 +404,6 @@ def average_tensors(tensors: list[Tensor], weights: list[float]) -> Tensor:
         raise ValueError("weights must be >= 0")
     total = sum(weights)
     norm = [w / total for w in weights] if total > 0 else [1.0 / len(tensors)] * len(tensors)
-    dtype = _compute_dtype(tensors[0])
+    dtype = compute_dtype(tensors[0])
     mean = sum(w * t.to(dtype) for w, t in zip(norm, tensors, strict=True))
     return mean.to(tensors[0].dtype)

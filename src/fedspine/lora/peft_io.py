@@ -11,7 +11,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
-from fedspine.lora.aggregation import LoraFactors
+from fedspine.lora.factors import LoraFactors
 from fedspine.models.families import FamilyAdapter
 
 _PEFT_PREFIX = "base_model.model."

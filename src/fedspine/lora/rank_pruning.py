@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from fedspine.lora.aggregation import LoraFactors
+from fedspine.lora.factors import LoraFactors
 
 
 def component_weights(factors: dict[str, LoraFactors]) -> torch.Tensor:

@@ -1,8 +1,7 @@
-"""What a federated method is: how the server plans each device's round and how it aggregates.
+"""The planner interface: how a method's server half decides each device's round.
 
-A method holds only what makes it different: its planner (rank and sparsity per device and
-round) and its aggregation rule. The local loop, the clock, the record and the Flower wiring
-are shared.
+A planner sees only what a real server could observe (`DeviceView`, the devices' reports and
+registration probes), never a device profile.
 """
 
 from __future__ import annotations
@@ -10,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from fedspine.config import Config
+from fedspine.fleet.probe import ProbeResult
+from fedspine.protocol import DevicePlan, ParticipantOutcome
 
 
 @dataclass(frozen=True)
@@ -24,32 +24,19 @@ class DeviceView:
     declared_tier: str  # hardware class the device announced; only tier-rank baselines use it
 
 
-@dataclass(frozen=True)
-class Assignment:
-    lora_rank: int
-    target_sparsity: float  # to reach by the end of the round
-    prune_one_shot: bool = False
-    rank_self_prune: bool = False  # HetLoRA: the device may shed trailing LoRA components
-
-
 class Planner(Protocol):
     """Chooses each participant's (rank, sparsity) and learns from the round's outcome."""
 
-    def assign(self, round_num: int, device: DeviceView, final_round: bool) -> Assignment: ...
-
-    def observe(self, round_num: int, outcomes: list[dict]) -> list[dict]:
-        """Take the round's reports (one dict per participant); return per-device reward logs."""
+    def assign(self, round_num: int, device: DeviceView, final_round: bool) -> DevicePlan:
+        """This device's plan: rank and target sparsity (the server core adds the recipe)."""
         ...
 
+    def observe(self, round_num: int, outcomes: list[ParticipantOutcome]) -> list[dict]:
+        """Take the round's outcomes (device-id order); return one reward log per outcome."""
+        ...
 
-@dataclass(frozen=True)
-class Method:
-    name: str
-    aggregation: str  # "fedavg" | "zero-pad" | "masked-svd" | "masked-svd-residual"
-    prunes: bool  # whether devices end pruned (a final round brings laggards to target)
-    description: str
-
-    def make_planner(self, config: Config, num_devices: int) -> Planner:
-        from fedspine.methods.registry import make_planner
-
-        return make_planner(self, config, num_devices)
+    def observe_probe(
+        self, probes: dict[int, ProbeResult], step_flops: float, round_bytes: int
+    ) -> None:
+        """Registration probes by node, in device-id order (only probing methods get any)."""
+        ...

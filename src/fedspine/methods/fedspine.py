@@ -15,6 +15,7 @@ candidate arms by what they would cost this device in round time.
 from __future__ import annotations
 
 import statistics
+from typing import TYPE_CHECKING
 
 from fedspine.bandit.reward import RewardWeights, compute_reward, failed_reward, time_penalty
 from fedspine.bandit.sucb import Arm, ArmCost, BanditPool
@@ -25,12 +26,26 @@ from fedspine.bandit.time_model import (
     predicted_time_s,
     speed_from_report,
 )
-from fedspine.config import Config
 from fedspine.fleet.probe import ProbeResult, estimated_round_speed
-from fedspine.methods.base import Assignment, DeviceView
+from fedspine.methods.base import DeviceView
 from fedspine.methods.planners import sparsity_bounds
+from fedspine.protocol import DevicePlan, ParticipantOutcome
 
-SPEED_NEW_WEIGHT = 0.5  # a round's measured speeds vs the device's running estimate
+if TYPE_CHECKING:
+    from fedspine.config import BanditSection, Config
+
+
+def reward_weights(bandit: BanditSection) -> RewardWeights:
+    """The reward's weights and caps, as configured in [bandit]."""
+    return RewardWeights(
+        w_loss=bandit.w_loss,
+        w_prune=bandit.w_prune,
+        w_imp=bandit.w_imp,
+        w_time=bandit.w_time,
+        time_slack=bandit.time_slack,
+        max_time_ratio=bandit.max_time_ratio,
+        failure_penalty=bandit.failure_penalty,
+    )
 
 
 class BanditPlanner:
@@ -39,13 +54,8 @@ class BanditPlanner:
     def __init__(self, config: Config, mode: str, num_devices: int) -> None:
         bandit = config.bandit
         self.final_sparsity = config.pruning.target_sparsity
-        self.weights = RewardWeights(
-            w_loss=bandit.w_loss,
-            w_prune=bandit.w_prune,
-            w_imp=bandit.w_imp,
-            w_time=bandit.w_time,
-            time_slack=bandit.time_slack,
-        )
+        self.weights = reward_weights(bandit)
+        self.speed_new_weight = bandit.speed_new_weight
         self.pool = BanditPool(
             mode,
             (0.0, max(self.final_sparsity, 1e-6)),
@@ -56,7 +66,6 @@ class BanditPlanner:
         )
         # node -> (arm, sparsity before, the tree that proposed the arm)
         self.pending: dict[int, tuple[Arm, float, str]] = {}
-        self.wants_probe = bandit.probe  # fedspine.fleet.probe
         self.rounds = config.run.rounds
         self.local_steps = config.train.local_steps
         self.max_rank = bandit.rank_max
@@ -102,7 +111,7 @@ class BanditPlanner:
 
         return cost
 
-    def assign(self, round_num: int, device: DeviceView, final_round: bool) -> Assignment:
+    def assign(self, round_num: int, device: DeviceView, final_round: bool) -> DevicePlan:
         floor, cap = sparsity_bounds(
             device.sparsity,
             self.final_sparsity,
@@ -116,28 +125,27 @@ class BanditPlanner:
         arm = self.pool.propose(device.node_id, p_floor=floor, p_cap=cap, cost=cost)
         target = self.final_sparsity if final_round else max(arm.prune_ratio, floor)
         self.pending[device.node_id] = (arm, device.sparsity, source)
-        return Assignment(arm.lora_rank, min(target, self.final_sparsity))
+        return DevicePlan(round_num, arm.lora_rank, min(target, self.final_sparsity))
 
-    def observe(self, round_num: int, outcomes: list[dict]) -> list[dict]:
-        done = [o for o in outcomes if o.get("ok")]
-        times = [o["time_s"] for o in done if o.get("time_s", 0) > 0]
+    def observe(self, round_num: int, outcomes: list[ParticipantOutcome]) -> list[dict]:
+        done = [o for o in outcomes if o.ok]
+        times = [o.report.time_s for o in done if o.report.time_s > 0]
         median_time = statistics.median(times) if times else 1.0
-        max_norm = max((o.get("update_norm", 0.0) for o in done), default=0.0)
+        max_norm = max((o.update_norm for o in done), default=0.0)
         logs = []
         for outcome in outcomes:
-            node = outcome["node_id"]
+            node = outcome.node_id
             arm, before, source = self.pending.pop(node, (None, 0.0, ""))
             if arm is None:
                 logs.append({})
                 continue
             parts = self._reward(outcome, before, median_time, max_norm)
+            report = outcome.report
             speed = (
-                outcome["train_flops"] / outcome["time_s"]
-                if outcome.get("ok") and outcome.get("time_s", 0) > 0
-                else None
+                report.train_flops / report.time_s if outcome.ok and report.time_s > 0 else None
             )
             learned = parts.total
-            if self.time_model and outcome.get("ok"):
+            if self.time_model and outcome.ok:
                 # The tree learns the rest; the time term is predicted. A failure (out of
                 # memory, crash) keeps its whole penalty: no speed model foresees it.
                 learned += time_penalty(parts.time_ratio, self.weights)
@@ -155,39 +163,41 @@ class BanditPlanner:
             self.median_time = median_time
         return logs
 
-    def _learn_time(self, node: int, before: float, outcome: dict) -> None:
+    def _learn_time(self, node: int, before: float, outcome: ParticipantOutcome) -> None:
         """Fold a finished round into the device's speeds and the fleet's work model."""
-        moved = outcome.get("bytes_up", 0.0) + outcome.get("bytes_down", 0.0)
+        report = outcome.report
+        moved = report.bytes_up + report.bytes_down
         latency = self.speeds[node].latency_s if node in self.speeds else 0.0
         measured = speed_from_report(
-            outcome.get("train_flops", 0.0),
-            outcome.get("compute_s", 0.0),
-            outcome.get("time_s", 0.0),
-            moved,
-            latency,
+            report.train_flops, report.compute_s, report.time_s, moved, latency
         )
         if measured is None:
             return
-        self.speeds[node] = blend_speed(self.speeds.get(node), measured, SPEED_NEW_WEIGHT)
-        rank = int(outcome["lora_rank"])
+        self.speeds[node] = blend_speed(self.speeds.get(node), measured, self.speed_new_weight)
+        rank = report.lora_rank
         if self.work is None:  # no probe: the first report, scaled to full rank, is the prior
-            self.work = WorkModel(
-                outcome["train_flops"], moved * self.max_rank / rank, self.max_rank
-            )
-        self.work.add(before, outcome["sparsity"], rank, outcome["train_flops"], moved)
+            self.work = WorkModel(report.train_flops, moved * self.max_rank / rank, self.max_rank)
+        self.work.add(before, report.sparsity, rank, report.train_flops, moved)
 
-    def _reward(self, outcome: dict, sparsity_before: float, median_time: float, max_norm: float):
-        if not outcome.get("ok"):
+    def _reward(
+        self,
+        outcome: ParticipantOutcome,
+        sparsity_before: float,
+        median_time: float,
+        max_norm: float,
+    ):
+        if not outcome.ok:
             return failed_reward(self.weights)
+        report = outcome.report
         return compute_reward(
-            outcome["loss_before"],
-            outcome["loss_after"],
+            report.loss_before,
+            report.loss_after,
             sparsity_before,
-            outcome["sparsity"],
+            report.sparsity,
             self.final_sparsity,
-            outcome.get("update_norm", 0.0),
+            outcome.update_norm,
             max_norm,
-            outcome["time_s"],
+            report.time_s,
             median_time,
             self.weights,
         )

@@ -1,4 +1,4 @@
-"""Planners of the methods that need no bandit: fixed rank, rank by tier, one-shot, schedules."""
+"""Planners of the methods that need no bandit: fixed rank, rank by tier, schedules, random."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedspine.methods.base import Assignment, DeviceView
+from fedspine.fleet.probe import ProbeResult
+from fedspine.methods.base import DeviceView
+from fedspine.protocol import DevicePlan, ParticipantOutcome
 
 
 def participation_floor(
@@ -62,60 +64,62 @@ def ramp_sparsity(round_num: int, rounds: int, final: float) -> float:
     return final * min(1.0, round_num / ramp_rounds)
 
 
-@dataclass
-class FixedPlanner:
-    """FedLoRA: one rank for every device, no pruning."""
+class NoLearning:
+    """Planners that learn nothing from reports or probes."""
 
-    rank: int
-
-    def assign(self, round_num: int, device: DeviceView, final_round: bool) -> Assignment:
-        return Assignment(self.rank, 0.0)
-
-    def observe(self, round_num: int, outcomes: list[dict]) -> list[dict]:
+    def observe(self, round_num: int, outcomes: list[ParticipantOutcome]) -> list[dict]:
         return [{} for _ in outcomes]
 
+    def observe_probe(
+        self, probes: dict[int, ProbeResult], step_flops: float, round_bytes: int
+    ) -> None:
+        return None
+
 
 @dataclass
-class TierRankPlanner(FixedPlanner):
+class FixedPlanner(NoLearning):
+    """One rank for every device and one target sparsity: FedLoRA (target 0) and
+    prune-then-tune (the final target, which its devices reach by one-shot pruning)."""
+
+    rank: int
+    target_sparsity: float = 0.0
+
+    def assign(self, round_num: int, device: DeviceView, final_round: bool) -> DevicePlan:
+        return DevicePlan(round_num, self.rank, self.target_sparsity)
+
+
+@dataclass
+class TierRankPlanner(NoLearning):
     """HetLoRA / FlexLoRA: each device takes the rank of the hardware tier it announced."""
 
-    tier_ranks: dict[str, int] | None = None
-    self_prune: bool = False  # HetLoRA's rank self-pruning (FlexLoRA has none)
+    rank: int  # for a tier not in the table
+    tier_ranks: dict[str, int]
+    sticky_self_pruned_rank: bool = False  # HetLoRA: a device's self-pruned rank sticks
 
-    def assign(self, round_num: int, device: DeviceView, final_round: bool) -> Assignment:
-        rank = (self.tier_ranks or {}).get(device.declared_tier, self.rank)
-        if self.self_prune and device.last_rank:
-            rank = min(rank, device.last_rank)  # a device's self-pruned rank sticks
-        return Assignment(rank, 0.0, rank_self_prune=self.self_prune)
-
-
-@dataclass
-class OneShotPlanner(FixedPlanner):
-    """Prune-then-tune: a device prunes to the final target once, before its first training."""
-
-    final_sparsity: float = 0.5
-
-    def assign(self, round_num: int, device: DeviceView, final_round: bool) -> Assignment:
-        first = device.sparsity < self.final_sparsity - 1e-6
-        return Assignment(self.rank, self.final_sparsity, prune_one_shot=first)
+    def assign(self, round_num: int, device: DeviceView, final_round: bool) -> DevicePlan:
+        rank = self.tier_ranks.get(device.declared_tier, self.rank)
+        if self.sticky_self_pruned_rank and device.last_rank:
+            rank = min(rank, device.last_rank)
+        return DevicePlan(round_num, rank)
 
 
 @dataclass
-class ScheduledPlanner(FixedPlanner):
+class ScheduledPlanner(NoLearning):
     """FedSpine-fixed: iterative prune-and-tune, one fixed schedule and rank for all devices."""
 
+    rank: int
     final_sparsity: float = 0.5
     rounds: int = 20
 
-    def assign(self, round_num: int, device: DeviceView, final_round: bool) -> Assignment:
+    def assign(self, round_num: int, device: DeviceView, final_round: bool) -> DevicePlan:
         if final_round:
-            return Assignment(self.rank, self.final_sparsity)
+            return DevicePlan(round_num, self.rank, self.final_sparsity)
         target = ramp_sparsity(round_num, self.rounds, self.final_sparsity)
-        return Assignment(self.rank, max(target, device.sparsity))
+        return DevicePlan(round_num, self.rank, max(target, device.sparsity))
 
 
 @dataclass
-class RandomPlanner:
+class RandomPlanner(NoLearning):
     """FedSpine-random: (sparsity, rank) drawn uniformly from the bandit's box (ablation),
     under the same participation-aware sparsity floor as the bandit."""
 
@@ -130,11 +134,11 @@ class RandomPlanner:
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
 
-    def assign(self, round_num: int, device: DeviceView, final_round: bool) -> Assignment:
+    def assign(self, round_num: int, device: DeviceView, final_round: bool) -> DevicePlan:
         log_rank = self.rng.uniform(np.log2(self.rank_min), np.log2(self.rank_max))
         rank = int(np.clip(round(2**log_rank), self.rank_min, self.rank_max))
         if final_round:
-            return Assignment(rank, self.final_sparsity)
+            return DevicePlan(round_num, rank, self.final_sparsity)
         floor, cap = sparsity_bounds(
             device.sparsity,
             self.final_sparsity,
@@ -144,7 +148,4 @@ class RandomPlanner:
             self.warmup_share,
         )
         target = self.rng.uniform(floor, cap)
-        return Assignment(rank, float(target))
-
-    def observe(self, round_num: int, outcomes: list[dict]) -> list[dict]:
-        return [{} for _ in outcomes]
+        return DevicePlan(round_num, rank, float(target))

@@ -1,80 +1,94 @@
-"""The methods fedspine can run, each described once, and the planner each one uses."""
+"""The methods fedspine can run: one row each, owning everything that makes the method itself.
+
+A row names the method's planner (server policy), its aggregation rule, the rank of its global
+LoRA, its device recipe and whether its devices are probed at registration. Config
+validation, the CLI help and `fedspine compare`'s default list all read this registry, so a
+new method is one module plus one `register_method` call (see tests/test_method_registry.py).
+"""
 
 from __future__ import annotations
 
-from fedspine.config import Config, parse_tiers
-from fedspine.methods.base import Method, Planner
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fedspine.fleet.profiles import parse_tiers
+from fedspine.lora.aggregators import AGGREGATORS
+from fedspine.methods.base import Planner
+from fedspine.methods.fedspine import BanditPlanner
 from fedspine.methods.planners import (
     FixedPlanner,
-    OneShotPlanner,
     RandomPlanner,
     ScheduledPlanner,
     TierRankPlanner,
 )
+from fedspine.protocol import DeviceRecipe
 
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method(
-            "fedspine",
-            "masked-svd-residual",
-            True,
-            "iterative on-device prune-and-tune; S-UCB picks each device's (sparsity, rank)",
-        ),
-        Method("fedlora", "fedavg", False, "FedIT: one rank for all, no pruning, A and B averaged"),
-        Method(
-            "hetlora",
-            "zero-pad",
-            False,
-            "ranks by device tier, zero-padded averaging, rank self-pruning, no model pruning "
-            "(the paper's unpruned reference)",
-        ),
-        Method(
-            "flexlora",
-            "masked-svd",
-            False,
-            "ranks by device tier, full-delta averaging with SVD redistribution, no pruning",
-        ),
-        Method(
-            "prune-then-tune",
-            "masked-svd",
-            True,
-            "one-shot Taylor pruning to the target before training, then FedLoRA",
-        ),
-        Method(
-            "fedspine-fixed",
-            "masked-svd-residual",
-            True,
-            "FedSpine's prune-and-tune with one fixed schedule and rank (no bandit)",
-        ),
-        Method(
-            "fedspine-random", "masked-svd-residual", True, "FedSpine with random arms (no bandit)"
-        ),
-        Method(
-            "fedspine-perdevice",
-            "masked-svd-residual",
-            True,
-            "FedSpine with one S-UCB tree per device and no sharing (the paper's mode)",
-        ),
-    )
-}
+if TYPE_CHECKING:
+    from fedspine.config import Config
 
-# HetLoRA / FlexLoRA give a device the rank of the tier it announces, weakest tier first.
-TIER_RANKS = (4, 8, 16)
+
+def _never(config: Config) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    description: str  # one line, shown by `--help` and in docs
+    aggregation: str  # a key of fedspine.lora.aggregators.AGGREGATORS
+    recipe: DeviceRecipe  # what its devices do besides LoRA training
+    make_planner: Callable[[Config, int], Planner]  # (config, number of devices)
+    global_rank: Callable[[Config], int]  # the largest rank any of its devices can use
+    probes: Callable[[Config], bool] = _never  # devices time a step at registration
+
+    @property
+    def prunes(self) -> bool:
+        """Devices end pruned: a final round brings laggards to the target."""
+        return self.recipe.prunes
+
+
+_METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Add a method (a name may be registered once); returns it, so it can decorate a row."""
+    if spec.name in _METHODS:
+        raise ValueError(f"method {spec.name!r} is already registered")
+    if spec.aggregation not in AGGREGATORS:
+        raise ValueError(
+            f"method {spec.name!r}: aggregation {spec.aggregation!r} is not one of "
+            f"{', '.join(AGGREGATORS)}"
+        )
+    _METHODS[spec.name] = spec
+    return spec
+
+
+def unregister_method(name: str) -> None:
+    """Remove a method (tests that register a toy method clean up with this)."""
+    _METHODS.pop(name, None)
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in _METHODS:
+        raise KeyError(f"unknown method {name!r}; methods are: {', '.join(_METHODS)}")
+    return _METHODS[name]
+
+
+def method_names() -> tuple[str, ...]:
+    """Every registered method, in registration order (fedspine first)."""
+    return tuple(_METHODS)
+
+
+# -- the built-in methods' pieces -----------------------------------------------------------------
 
 
 def tier_ranks(config: Config) -> dict[str, int]:
+    """HetLoRA / FlexLoRA: the rank of each announced tier, weakest tier first
+    (model.tier_ranks; tiers past the list take its last rank)."""
+    ranks = [int(r) for r in config.model.tier_ranks.split(",")]
     tiers = sorted(parse_tiers(config.fleet.tiers), key=lambda t: t[1])
-    return {name: TIER_RANKS[min(i, len(TIER_RANKS) - 1)] for i, (name, *_) in enumerate(tiers)}
-
-
-def global_rank(method: Method, config: Config) -> int:
-    """Rank of the server's global LoRA: the largest rank any device of this method can use."""
-    if method.name == "fedlora" or method.name in ("prune-then-tune", "fedspine-fixed"):
-        return config.model.lora_rank
-    if method.name in ("hetlora", "flexlora"):
-        return max(TIER_RANKS)
-    return config.bandit.rank_max
+    return {name: ranks[min(i, len(ranks) - 1)] for i, (name, *_) in enumerate(tiers)}
 
 
 def participation_rate(config: Config) -> float:
@@ -82,32 +96,117 @@ def participation_rate(config: Config) -> float:
     return min(1.0, config.run.clients_per_round / config.fleet.num_devices)
 
 
-def get_method(name: str) -> Method:
-    return METHODS[name]
+def _lora_rank(config: Config) -> int:
+    return config.model.lora_rank
 
 
-def make_planner(method: Method, config: Config, num_devices: int) -> Planner:
-    rank, final = config.model.lora_rank, config.pruning.target_sparsity
-    bandit = config.bandit
-    if method.name == "fedlora":
-        return FixedPlanner(rank)
-    if method.name in ("hetlora", "flexlora"):
-        return TierRankPlanner(rank, tier_ranks(config), self_prune=method.name == "hetlora")
-    if method.name == "prune-then-tune":
-        return OneShotPlanner(rank, final)
-    if method.name == "fedspine-fixed":
-        return ScheduledPlanner(rank, final, config.run.rounds)
-    if method.name == "fedspine-random":
-        return RandomPlanner(
-            final,
-            bandit.rank_min,
-            bandit.rank_max,
-            config.run.seed,
-            config.run.rounds,
-            participation_rate(config),
-            config.pruning.warmup_share,
-        )
-    from fedspine.methods.fedspine import BanditPlanner
+def _max_tier_rank(config: Config) -> int:
+    return max(int(r) for r in config.model.tier_ranks.split(","))
 
-    mode = "per-device" if method.name == "fedspine-perdevice" else bandit.mode
-    return BanditPlanner(config, mode, num_devices)
+
+def _bandit_rank(config: Config) -> int:
+    return config.bandit.rank_max
+
+
+def _bandit_probes(config: Config) -> bool:
+    return config.bandit.probe
+
+
+def _bandit(mode: str | None) -> Callable[[Config, int], Planner]:
+    def make(config: Config, num_devices: int) -> Planner:
+        return BanditPlanner(config, mode or config.bandit.mode, num_devices)
+
+    return make
+
+
+def _random(config: Config, num_devices: int) -> Planner:
+    return RandomPlanner(
+        config.pruning.target_sparsity,
+        config.bandit.rank_min,
+        config.bandit.rank_max,
+        config.run.seed,
+        config.run.rounds,
+        participation_rate(config),
+        config.pruning.warmup_share,
+    )
+
+
+def _tier_planner(sticky: bool) -> Callable[[Config, int], Planner]:
+    def make(config: Config, num_devices: int) -> Planner:
+        return TierRankPlanner(config.model.lora_rank, tier_ranks(config), sticky)
+
+    return make
+
+
+for _spec in (
+    MethodSpec(
+        "fedspine",
+        "iterative on-device prune-and-tune; S-UCB picks each device's (sparsity, rank)",
+        "masked-svd-residual",
+        DeviceRecipe.PRUNE_AND_TUNE,
+        _bandit(None),
+        _bandit_rank,
+        _bandit_probes,
+    ),
+    MethodSpec(
+        "fedlora",
+        "FedIT: one rank for all, no pruning, A and B averaged",
+        "fedavg",
+        DeviceRecipe.NONE,
+        lambda config, n: FixedPlanner(config.model.lora_rank),
+        _lora_rank,
+    ),
+    MethodSpec(
+        "hetlora",
+        "ranks by device tier, zero-padded averaging, rank self-pruning, no model pruning "
+        "(the paper's unpruned reference)",
+        "zero-pad",
+        DeviceRecipe.RANK_SELF_PRUNE,
+        _tier_planner(sticky=True),
+        _max_tier_rank,
+    ),
+    MethodSpec(
+        "flexlora",
+        "ranks by device tier, full-delta averaging with SVD redistribution, no pruning",
+        "masked-svd",
+        DeviceRecipe.NONE,
+        _tier_planner(sticky=False),
+        _max_tier_rank,
+    ),
+    MethodSpec(
+        "prune-then-tune",
+        "one-shot Taylor pruning to the target before training, then FedLoRA",
+        "masked-svd",
+        DeviceRecipe.ONE_SHOT_PRUNE,
+        lambda config, n: FixedPlanner(config.model.lora_rank, config.pruning.target_sparsity),
+        _lora_rank,
+    ),
+    MethodSpec(
+        "fedspine-fixed",
+        "FedSpine's prune-and-tune with one fixed schedule and rank (no bandit)",
+        "masked-svd-residual",
+        DeviceRecipe.PRUNE_AND_TUNE,
+        lambda config, n: ScheduledPlanner(
+            config.model.lora_rank, config.pruning.target_sparsity, config.run.rounds
+        ),
+        _lora_rank,
+    ),
+    MethodSpec(
+        "fedspine-random",
+        "FedSpine with random arms (no bandit)",
+        "masked-svd-residual",
+        DeviceRecipe.PRUNE_AND_TUNE,
+        _random,
+        _bandit_rank,
+    ),
+    MethodSpec(
+        "fedspine-perdevice",
+        "FedSpine with one S-UCB tree per device and no sharing (the paper's mode)",
+        "masked-svd-residual",
+        DeviceRecipe.PRUNE_AND_TUNE,
+        _bandit("per-device"),
+        _bandit_rank,
+        _bandit_probes,
+    ),
+):
+    register_method(_spec)

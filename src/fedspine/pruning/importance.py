@@ -3,7 +3,8 @@
 Scores are in ORIGINAL coordinates (full-length vectors per layer; removed structures keep
 whatever score they had and are ignored by selection), so an EMA survives pruning steps.
 
-Three element importances:
+Three element importances, registered by name in `IMPORTANCE` (what `pruning.importance`
+names; config validation and the device read the same registry):
 - `LoraTaylorImportance` [our choice, LoRAPrune-style, method.md step 5]: |W_eff * G_hat| with the
   merged-weight gradient estimated from the LoRA gradients only; EMA over calls.
 - `magnitude_importance`: |W_eff|.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from peft.tuners.lora import LoraLayer
@@ -155,6 +157,22 @@ class LoraTaylorImportance:
         self.num_updates += 1
         return self.scores
 
+    # -- GroupImportance ------------------------------------------------------------------
+    def observe(self, model: nn.Module, kept: KeptIndices) -> None:
+        self.update(model, kept)
+
+    def resume(self, scores: ModelScores) -> None:
+        self.scores = scores  # the device's EMA continues from earlier rounds
+
+    def score(self, model: nn.Module, kept: KeptIndices, calibration: Calibration) -> ModelScores:
+        if self.scores is None:
+            raise ModelError("LoRA-Taylor importance has no scores yet: observe a step first")
+        return self.scores
+
+    @property
+    def smoothed(self) -> ModelScores | None:
+        return self.scores
+
 
 def _ema(previous: ModelScores, current: ModelScores, beta: float) -> ModelScores:
     return tuple(
@@ -220,6 +238,65 @@ def taylor_importance(
             weight.requires_grad_(flag)
         model.zero_grad(set_to_none=True)
         model.train(was_training)
+
+
+class GroupImportance(Protocol):
+    """A device's importance of every head and channel group during one round."""
+
+    def observe(self, model: nn.Module, kept: KeptIndices) -> None:
+        """Called after every local backward (before zero_grad)."""
+        ...
+
+    def resume(self, scores: ModelScores) -> None:
+        """Continue from the device's scores of earlier rounds (no-op if nothing carries)."""
+        ...
+
+    def score(self, model: nn.Module, kept: KeptIndices, calibration: Calibration) -> ModelScores:
+        """Scores for a prune step (original coordinates)."""
+        ...
+
+    @property
+    def smoothed(self) -> ModelScores | None:
+        """Scores worth carrying to later rounds and to the fleet prior (None: none)."""
+        ...
+
+
+Calibration = Callable[[], Mapping[str, torch.Tensor]]  # a labelled batch, built on demand
+
+
+@dataclass
+class _Stateless:
+    """Importances computed afresh at each prune step from the model alone."""
+
+    adapter: FamilyAdapter
+
+    def observe(self, model: nn.Module, kept: KeptIndices) -> None:
+        return None
+
+    def resume(self, scores: ModelScores) -> None:
+        return None
+
+    @property
+    def smoothed(self) -> ModelScores | None:
+        return None
+
+
+class MagnitudeImportance(_Stateless):
+    def score(self, model: nn.Module, kept: KeptIndices, calibration: Calibration) -> ModelScores:
+        return magnitude_importance(model, self.adapter, kept)
+
+
+class CalibrationTaylorImportance(_Stateless):
+    def score(self, model: nn.Module, kept: KeptIndices, calibration: Calibration) -> ModelScores:
+        return taylor_importance(model, self.adapter, kept, [calibration()])
+
+
+ImportanceFactory = Callable[[FamilyAdapter, float, "ModelScores | None"], GroupImportance]
+IMPORTANCE: dict[str, ImportanceFactory] = {
+    "lora-taylor": lambda adapter, beta, prior: LoraTaylorImportance(adapter, beta, prior),
+    "magnitude": lambda adapter, beta, prior: MagnitudeImportance(adapter),
+    "taylor": lambda adapter, beta, prior: CalibrationTaylorImportance(adapter),
+}
 
 
 def _full_taylor_element(module: nn.Module) -> torch.Tensor:

@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fedspine.errors import ConfigError
-from fedspine.lora.aggregation import LoraFactors
+from fedspine.global_state import GlobalLora
+from fedspine.lora.factors import LoraFactors
 from fedspine.protocol import factors_to_tensors, tensors_to_factors
 
 LORA_FILE = "global_lora.safetensors"
@@ -62,8 +63,6 @@ def load_final_state(run_path: Path):
 
 def load_global_lora(run_path: Path):
     """(GlobalLora, devices) of a finished run: what rebuilding any device's model needs."""
-    from fedspine.global_state import GlobalLora
-
     factors, head, meta, devices = load_final_state(run_path)
     global_lora = GlobalLora(
         factors, head, float(meta["scaling"]), int(meta["max_rank"]), meta["aggregation"]

@@ -3,7 +3,7 @@
 Reads a finished run directory's rounds.jsonl (the final catch-up round is left out: it is not
 the planner's choice). Shows whether the bandit treats weak and strong tiers differently.
 
-    python bench/tier_choices.py runs/<run>
+    python analysis/tier_choices.py runs/<run>
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Reads rounds.jsonl (per participant `handler_wall_s` and `train_wall_s`, per rou
 and evaluation (Flower/Ray messaging, server aggregation: goal <= 5%, must <= 10%) and the
 share spent in handlers outside the optimizer loop (model slicing, LoRA attach, loss probe).
 
-    python bench/overhead.py RUN_DIR [RUN_DIR ...] [--workers 2] [--skip-final]
+    python analysis/overhead.py RUN_DIR [RUN_DIR ...] [--workers 2] [--skip-final]
 """
 
 from __future__ import annotations

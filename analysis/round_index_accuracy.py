@@ -5,7 +5,7 @@ Every method draws the same participants at the same round index, so comparing c
 round index shows how much of a speedup is accuracy per round and how much round length.
 Reads the per-seed comparison.json files `fedspine compare --seeds` writes (OUT/seed-<s>/).
 
-    python bench/round_index_accuracy.py runs/<seeded compare> [--rounds 12]
+    python analysis/round_index_accuracy.py runs/<seeded compare> [--rounds 12]
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ per-message latency) and compute (the rest), and prints per run the mean straggl
 its split, with the same split over all participants by tier. It shows what a method's
 savings come from: fewer FLOPs (pruning) or fewer bytes (rank, pruned widths).
 
-    python bench/round_time_split.py runs/<compare>/fedspine runs/<compare>/fedlora ...
+    python analysis/round_time_split.py runs/<compare>/fedspine runs/<compare>/fedlora ...
 """
 
 from __future__ import annotations

@@ -1,0 +1,56 @@
+"""Run one method in Flower's Simulation Engine, in process, and publish its run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from flwr.simulation import run_simulation
+
+from fedspine.config import Config, config_to_dict
+from fedspine.flower.client_app import app as client_app
+from fedspine.flower.server_app import make_server_app
+from fedspine.logs import quiet_logs, use_offline_env
+from fedspine.report.progress import RunProgress
+from fedspine.resources import load_resources
+from fedspine.run_dir import abandon_run, check_out_dir, finish_run, new_run_dir, run_dir_path
+
+
+def simulate(
+    config: Config, out: str | Path | None = None, progress: RunProgress | None = None
+) -> Path:
+    """Run `config` on the Simulation Engine (one Ray actor per worker); return the run dir."""
+    use_offline_env()  # for library callers; the CLI already did before any import
+    quiet_logs()
+    out = run_dir_path(config, out)
+    check_out_dir(out)  # bad input fails here or in load_resources, before Ray starts
+    load_resources(json.dumps(config_to_dict(config), sort_keys=True))
+    run_dir = new_run_dir(config, out)
+    outcome: dict[str, Any] = {}
+    server_app = make_server_app(config, run_dir, outcome, progress)
+    backend = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": config.run.workers,
+            "include_dashboard": False,
+            "logging_level": "error",
+            "log_to_driver": False,
+        },
+    }
+    quiet_logs()  # again: importing the apps and the data stack resets library loggers
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=config.fleet.num_devices,
+            backend_config=backend,
+        )
+        if "error" in outcome:
+            raise outcome["error"]
+        if "summary" not in outcome:
+            raise RuntimeError("the simulation stopped before the run finished (see the log above)")
+    except BaseException:
+        abandon_run(run_dir)
+        raise
+    return finish_run(config, run_dir, outcome["summary"])

@@ -1,0 +1,30 @@
+"""One LoRA module's factors, the unit every other LoRA module moves around. Pure torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def compute_dtype(tensor: Tensor) -> torch.dtype:
+    """At least float32: products and sums of bf16 factors lose too much."""
+    return torch.promote_types(tensor.dtype, torch.float32)
+
+
+@dataclass
+class LoraFactors:
+    """One LoRA module's factors; delta = scaling * B @ A."""
+
+    A: Tensor  # (r, in_kept)
+    B: Tensor  # (out_kept, r)
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[0])
+
+    def delta(self, scaling: float = 1.0) -> Tensor:
+        """scaling * B @ A, computed in at least float32."""
+        dtype = compute_dtype(self.A)
+        return scaling * (self.B.to(dtype) @ self.A.to(dtype))

@@ -1,0 +1,1 @@
+"""The server half of a run, without Flower: the core (`Server`) and the run driver."""

@@ -1,0 +1,239 @@
+"""The server's algorithm, without Flower: who takes part, what each is asked, what is learned.
+
+`Server` owns the per-device records, the method's planner, the global LoRA and the fleet's
+pooled importance. One round is `plan_round` (sample, plan, down-link) -> the transport
+delivers the down-links and collects replies -> `absorb` (update records, reward the bandit,
+aggregate, pool scores). It sees only what a real server sees: device replies (times,
+losses, kept maps) and registrations, never profiles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from fedspine.config import Config
+from fedspine.global_state import GlobalLora, update_norm
+from fedspine.lora.aggregation import LoraUpload
+from fedspine.methods.base import DeviceView, Planner
+from fedspine.methods.registry import MethodSpec
+from fedspine.protocol import (
+    DeviceReport,
+    Downlink,
+    ParticipantOutcome,
+    Registration,
+    Uplink,
+)
+from fedspine.pruning import KeptIndices, ModelScores
+from fedspine.pruning.fleet_importance import ScoreReport, pool_scores
+
+# A device's kept map -> per LoRA module its kept output rows / input cols (None = all).
+Coordinates = Callable[[KeptIndices], tuple[dict, dict]]
+
+
+@dataclass
+class DeviceRecord:
+    """The server's per-device record: small, no model copy."""
+
+    node_id: int
+    device_id: int
+    tier: str
+    kept: KeptIndices  # starts as the full map; the device's reports shrink it
+    sparsity: float = 0.0
+    rounds_seen: int = 0
+    last_rank: int = 0
+
+    def view(self) -> DeviceView:
+        return DeviceView(self.node_id, self.sparsity, self.rounds_seen, self.last_rank, self.tier)
+
+
+@dataclass(frozen=True)
+class DeviceCrash:
+    """A device whose app raised (or that the transport lost): the reason, no report."""
+
+    reason: str
+
+
+Reply = Uplink | DeviceCrash
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    """A sent down-link, kept until its reply: the residual rule reads what was received."""
+
+    factors: dict
+    rows: dict
+    cols: dict
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """One absorbed round: each participant (device-id order) and its reward log."""
+
+    participants: list[ParticipantOutcome]
+    rewards: list[dict]
+
+    @property
+    def all_crashed(self) -> bool:
+        return bool(self.participants) and all(p.crashed for p in self.participants)
+
+    @property
+    def time_s(self) -> float:
+        """Synchronous round: the slowest participant's time."""
+        return max((p.report.time_s for p in self.participants), default=0.0)
+
+    def rows(self) -> list[dict]:
+        return [p.to_row(r) for p, r in zip(self.participants, self.rewards, strict=True)]
+
+
+class Server:
+    """Devices, planner, global LoRA and fleet importance of one run."""
+
+    def __init__(
+        self,
+        method: MethodSpec,
+        config: Config,
+        global_lora: GlobalLora,
+        coordinates: Coordinates,
+        full_kept: KeptIndices,
+        planner: Planner | None = None,
+    ) -> None:
+        self.method, self.config, self.global_lora = method, config, global_lora
+        self.coordinates, self.full_kept = coordinates, full_kept
+        self.planner = planner or method.make_planner(config, config.fleet.num_devices)
+        self.rng = np.random.default_rng(config.run.seed + config.run.sampling_seed_offset)
+        self.devices: dict[int, DeviceRecord] = {}  # by node id
+        self.fleet_scores: ModelScores | None = None  # pooled importance (share_importance)
+        self.shares_importance = method.prunes and config.pruning.share_importance
+        self._in_flight: dict[int, _InFlight] = {}
+
+    # -- registration -------------------------------------------------------------------------
+    def register(
+        self,
+        registrations: Mapping[int, Registration],
+        step_flops: float | None = None,
+        round_bytes: int = 0,
+    ) -> float:
+        """Record every device; hand probes (if any) to the planner in device-id order.
+
+        Returns the simulated seconds the probe cost: the server waits for the slowest one.
+        """
+        for node, reg in registrations.items():
+            self.devices[node] = DeviceRecord(node, reg.device_id, reg.tier, self.full_kept)
+        probes = {
+            node: registrations[node].probe
+            for node in self.in_device_order(registrations)
+            if registrations[node].probe is not None
+        }
+        if step_flops is None or not probes:
+            return 0.0
+        # Device-id order, not reply order: the first speed seen centres the speed buckets.
+        self.planner.observe_probe(probes, step_flops, round_bytes)
+        return max(probe.duration_s() for probe in probes.values())
+
+    def in_device_order(self, nodes) -> list[int]:
+        """Node ids sorted by device id: replies arrive in whatever order the workers finish,
+        and the bandit's updates, the float sums of aggregation and the fleet prior must not
+        depend on that, or one seed gives different runs."""
+        return sorted(nodes, key=lambda node: self.devices[node].device_id)
+
+    # -- planning -----------------------------------------------------------------------------
+    def sample(self) -> list[int]:
+        """Seeded draw over devices in device-id order: Flower's node ids are random per run,
+        so ordering by them would give every method of a compare different participants."""
+        nodes = self.in_device_order(self.devices)
+        count = min(self.config.run.clients_per_round, len(nodes))
+        picks = self.rng.choice(len(nodes), size=count, replace=False)  # node ids exceed float53
+        return [nodes[i] for i in sorted(picks)]  # device-id order: the planner's draws follow it
+
+    def plan_round(self, round_num: int) -> dict[int, Downlink]:
+        """A regular round: sample participants, plan each, build its down-link."""
+        return {node: self.downlink(node, round_num, False) for node in self.sample()}
+
+    def laggards(self) -> list[int]:
+        """Devices below the final target (device-id order); none for unpruned methods."""
+        if not self.method.prunes:
+            return []
+        target = self.config.pruning.target_sparsity
+        ordered = self.in_device_order(self.devices)
+        return [node for node in ordered if self.devices[node].sparsity < target - 1e-6]
+
+    def plan_final(self, round_num: int) -> dict[int, Downlink]:
+        """The catch-up round: every laggard prunes to the target (prune at half, recover); the
+        paper's 'same sparsity' comparison needs every device there, rarely-sampled ones too."""
+        steps = self.config.pruning.final_recovery_steps
+        return {node: self.downlink(node, round_num, True, steps) for node in self.laggards()}
+
+    def downlink(
+        self, node: int, round_num: int, final_round: bool, local_steps: int = 0
+    ) -> Downlink:
+        record = self.devices[node]
+        plan = self.planner.assign(round_num, record.view(), final_round)
+        plan = replace(plan, recipe=self.method.recipe, local_steps=local_steps)
+        rows, cols = self.coordinates(record.kept)
+        factors = self.global_lora.downlink(rows, cols, plan.lora_rank)
+        self._in_flight[node] = _InFlight(factors, rows, cols)
+        prior = self.fleet_scores if self.shares_importance else None
+        return Downlink(plan, record.kept, factors, self.global_lora.head, prior)
+
+    # -- absorbing replies ----------------------------------------------------------------------
+    def absorb(self, round_num: int, replies: Mapping[int, Reply]) -> RoundOutcome:
+        """Update records from the replies, reward the planner, aggregate, pool scores."""
+        outcomes: list[ParticipantOutcome] = []
+        uploads: list[LoraUpload] = []
+        score_reports: list[ScoreReport] = []
+        for node in self.in_device_order(replies):
+            outcome, upload, scores = self._absorb_one(node, replies[node])
+            outcomes.append(outcome)
+            if upload is not None:
+                uploads.append(upload)
+            if scores is not None:
+                score_reports.append(scores)
+        rewards = self.planner.observe(round_num, outcomes)
+        self.global_lora.aggregate(uploads)
+        if self.shares_importance:
+            self.fleet_scores = pool_scores(
+                self.fleet_scores, score_reports, self.config.pruning.fleet_momentum
+            )
+        return RoundOutcome(outcomes, rewards)
+
+    def _absorb_one(
+        self, node: int, reply: Reply
+    ) -> tuple[ParticipantOutcome, LoraUpload | None, ScoreReport | None]:
+        record = self.devices[node]
+        sent = self._in_flight.pop(node, None)
+        if isinstance(reply, DeviceCrash):  # logged (last line of the error), not aggregated
+            lines = [line for line in reply.reason.splitlines() if line.strip()]
+            report = DeviceReport(ok=False, error=lines[-1] if lines else "unknown error")
+            crashed = ParticipantOutcome(node, record.device_id, record.tier, report, crashed=True)
+            return crashed, None, None
+        record.rounds_seen += 1
+        report = reply.report
+        if not report.ok:
+            return ParticipantOutcome(node, record.device_id, record.tier, report), None, None
+        scores = None
+        if reply.scores is not None:  # scored on the structures it had at round start
+            scores = ScoreReport(reply.scores, record.kept, float(report.num_examples))
+        record.kept, record.sparsity = reply.kept, report.sparsity
+        record.last_rank = report.lora_rank
+        rows, cols = self.coordinates(record.kept)
+        upload = LoraUpload(
+            reply.factors,
+            rows,
+            cols,
+            report.num_examples,
+            head=reply.head,
+            received=sent.factors if sent else None,
+            received_rows=sent.rows if sent else None,
+            received_cols=sent.cols if sent else None,
+        )
+        norm = update_norm(self.global_lora, upload)
+        outcome = ParticipantOutcome(node, record.device_id, record.tier, report, update_norm=norm)
+        return outcome, upload, scores
+
+    # -- the run's end ---------------------------------------------------------------------------
+    def records(self) -> list[DeviceRecord]:
+        """Every device's record, in device-id order."""
+        return [self.devices[n] for n in self.in_device_order(self.devices)]
