@@ -172,6 +172,8 @@ class Server:
         record = self.devices[node]
         plan = self.planner.assign(round_num, record.view(), final_round)
         plan = replace(plan, recipe=self.method.recipe, local_steps=local_steps)
+        if final_round:  # the catch-up round's definition, whatever the planner proposed
+            plan = replace(plan, target_sparsity=self.config.pruning.target_sparsity)
         rows, cols = self.coordinates(record.kept)
         factors = self.global_lora.downlink(rows, cols, plan.lora_rank)
         self._in_flight[node] = _InFlight(factors, rows, cols)
