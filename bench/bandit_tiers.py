@@ -32,7 +32,8 @@ from fedspine.fleet.clock import compute_time_s, conditions_at, round_time_s
 from fedspine.fleet.probe import simulate_probe
 from fedspine.fleet.profiles import make_fleet
 from fedspine.methods.base import DeviceView
-from fedspine.methods.fedspine import BanditPlanner
+from fedspine.methods.registry import get_method
+from fedspine.protocol import DeviceReport, ParticipantOutcome
 from fedspine.resources import fleet_spec_from
 
 STEP_FLOPS = 3.2e10  # one local step of unpruned MiniLM-L12 (batch 8 x 48 tokens) with LoRA
@@ -46,10 +47,11 @@ def replay(overrides: list[str], seed: int) -> list[dict]:
     spec = fleet_spec_from(config.fleet, seed)
     fleet = make_fleet(spec)
     rounds, steps = config.run.rounds, config.train.local_steps
-    planner = BanditPlanner(config, config.bandit.mode, len(fleet))
+    method = get_method("fedspine")
+    planner = method.make_planner(config, len(fleet))
     rng = np.random.default_rng(seed + 1000)
     round_bytes = int(2 * config.bandit.rank_max * BYTES_PER_RANK)  # full rank, both ways
-    if planner.wants_probe:
+    if method.probes(config):
         probes = {
             profile.device_id: simulate_probe(
                 STEP_FLOPS, conditions_at(profile, spec, 1), spec.latency_s
@@ -74,21 +76,21 @@ def replay(overrides: list[str], seed: int) -> list[dict]:
             time_s = round_time_s(flops, payload, payload, cond, spec.latency_s)
             compute_s = compute_time_s(flops, cond)
             gain = rng.uniform(0.6, 0.95) - 0.5 * (after - before)
+            report = DeviceReport(
+                ok=True,
+                loss_before=1.0,
+                loss_after=1.0 - gain,
+                time_s=time_s,
+                compute_s=compute_s,
+                bytes_up=payload,
+                bytes_down=payload,
+                train_flops=flops,
+                sparsity=after,
+                lora_rank=plan.lora_rank,
+            )
+            norm = math.sqrt(plan.lora_rank) * rng.uniform(0.8, 1.2)
             outcomes.append(
-                {
-                    "node_id": device_id,
-                    "ok": True,
-                    "time_s": time_s,
-                    "compute_s": compute_s,
-                    "bytes_up": payload,
-                    "bytes_down": payload,
-                    "lora_rank": plan.lora_rank,
-                    "train_flops": flops,
-                    "loss_before": 1.0,
-                    "loss_after": 1.0 - gain,
-                    "sparsity": after,
-                    "update_norm": math.sqrt(plan.lora_rank) * rng.uniform(0.8, 1.2),
-                }
+                ParticipantOutcome(device_id, device_id, profile.tier, report, update_norm=norm)
             )
             sparsity[device_id] = after
             rows.append(

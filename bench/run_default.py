@@ -55,8 +55,11 @@ def main() -> None:
     parser.add_argument("--preset", default="default")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
+    from fedspine.logs import use_offline_env
+
+    use_offline_env()  # before Flower, Ray or transformers are imported (as the CLI does)
     from fedspine.config import load_config
-    from fedspine.runner import simulate
+    from fedspine.flower.simulation import simulate
 
     config = load_config(args.preset, overrides=[f"run.method={args.method}", *args.overrides])
     out = Path(tempfile.mkdtemp(prefix="fedspine-bench-")) / args.method

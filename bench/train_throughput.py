@@ -59,15 +59,18 @@ def bare_loop(res, steps: int, batch_size: int, seed: int) -> float:
 def fedspine_round(res, steps: int) -> tuple[float, float]:
     """fedspine's whole device round (model rebuild, LoRA, loop, costing). Returns
     (tokens/s over the training loop, tokens/s over the whole round)."""
-    from fedspine.device_round import DevicePlan, run_device_round
+    from fedspine.device_round import run_device_round
     from fedspine.evaluation import full_kept
+    from fedspine.protocol import DevicePlan, Downlink
 
     plan = DevicePlan(round_num=1, lora_rank=res.config.model.lora_rank, local_steps=steps)
+    downlink = Downlink(plan, full_kept(res), factors={}, head={})  # fresh LoRA, unpruned
     start = time.perf_counter()
-    result = run_device_round(res, res.fleet[0], plan, full_kept(res), {}, {})
+    report = run_device_round(res, res.fleet[0], downlink).uplink.report
     whole = time.perf_counter() - start
-    tokens = result.metrics["train_tokens"]
-    return tokens / result.metrics["train_wall_s"], tokens / whole
+    if not report.ok:
+        raise SystemExit(f"the device round failed: {report.error}")
+    return report.train_tokens / report.train_wall_s, report.train_tokens / whole
 
 
 def main() -> None:
@@ -79,8 +82,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from fedspine.config import load_config
+    from fedspine.logs import quiet_logs
     from fedspine.resources import build_resources
-    from fedspine.runner import quiet_logs
 
     quiet_logs()
     res = build_resources(load_config(args.preset))

@@ -80,7 +80,7 @@ class FleetSpec:
 
 @dataclass(frozen=True)
 class DeviceProfile:
-    """One device's static capability; the strategy never reads this (only the clock does)."""
+    """One device's static capability; the server never reads this (only the clock does)."""
 
     device_id: int
     tier: str

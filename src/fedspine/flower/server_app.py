@@ -104,7 +104,7 @@ def make_server_app(
         try:
             channel = GridChannel(grid, config)
             outcome["summary"] = run_federation(channel, config, run_dir, progress)
-        except BaseException as err:  # re-raised by the runner after the simulation stops
+        except BaseException as err:  # re-raised by simulate() after the simulation stops
             outcome["error"] = err
 
     return app

@@ -15,6 +15,7 @@ candidate arms by what they would cost this device in round time.
 from __future__ import annotations
 
 import statistics
+from dataclasses import fields
 from typing import TYPE_CHECKING
 
 from fedspine.bandit.reward import RewardWeights, compute_reward, failed_reward, time_penalty
@@ -37,15 +38,7 @@ if TYPE_CHECKING:
 
 def reward_weights(bandit: BanditSection) -> RewardWeights:
     """The reward's weights and caps, as configured in [bandit]."""
-    return RewardWeights(
-        w_loss=bandit.w_loss,
-        w_prune=bandit.w_prune,
-        w_imp=bandit.w_imp,
-        w_time=bandit.w_time,
-        time_slack=bandit.time_slack,
-        max_time_ratio=bandit.max_time_ratio,
-        failure_penalty=bandit.failure_penalty,
-    )
+    return RewardWeights(**{f.name: getattr(bandit, f.name) for f in fields(RewardWeights)})
 
 
 class BanditPlanner:
