@@ -109,3 +109,54 @@ def test_a_method_name_is_registered_once_and_unknown_ones_are_refused(toy_metho
         )
     with pytest.raises(ConfigError, match="toy-quarter"):  # the error lists registered methods
         load_config("smoke", overrides=["run.method=nope"])
+
+
+PLUGIN = """
+from fedspine.methods.planners import FixedPlanner
+from fedspine.methods.registry import MethodSpec, register_method
+from fedspine.protocol import DeviceRecipe
+
+register_method(
+    MethodSpec(
+        "plugin-rank2",
+        "FedIT at rank 2, registered by a module outside the package",
+        "fedavg",
+        DeviceRecipe.NONE,
+        lambda config, num_devices: FixedPlanner(2),
+        lambda config: 2,
+    )
+)
+"""
+
+
+@pytest.mark.slow
+def test_a_method_from_an_outside_module_runs_on_the_simulation_engine(tmp_path, monkeypatch):
+    """run.method_modules is imported wherever the config is validated: in the Ray workers
+    too, which rebuild the config from the message, so the plug-in runs under `simulate`."""
+    import os
+    import sys
+
+    from fedspine.flower.simulation import simulate
+
+    (tmp_path / "toy_plugin.py").write_text(PLUGIN, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    )
+    try:
+        config = load_config(
+            "smoke",
+            overrides=[*TINY, "run.method_modules=toy_plugin", "run.method=plugin-rank2"],
+        )
+        run = simulate(config, tmp_path / "run")
+        rows = read_rounds(run)
+        assert len(rows) == 2 and all(p["ok"] for r in rows for p in r["participants"])
+        assert {p["lora_rank"] for r in rows for p in r["participants"]} == {2}
+    finally:
+        unregister_method("plugin-rank2")
+        sys.modules.pop("toy_plugin", None)
+
+
+def test_an_unimportable_method_module_is_one_clear_error():
+    with pytest.raises(ConfigError, match="run.method_modules: cannot import 'no_such_module_x'"):
+        load_config("smoke", overrides=["run.method_modules=no_such_module_x"])

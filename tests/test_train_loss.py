@@ -55,7 +55,7 @@ def _learned_gap(tau: float) -> float:
     model = BiasClassifier(2)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     offset = label_log_prior(labels, 2, tau)
-    train_local(model, data, 400, 20, optimizer, seed=0, logit_offset=offset)
+    train_local(model, data, 400, 20, lambda: optimizer, seed=0, logit_offset=offset)
     return float((model.bias[0] - model.bias[1]).detach())
 
 

@@ -8,6 +8,7 @@ then `validate` checks ranges so that the rest of the code can trust the values.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -29,6 +30,9 @@ _REWARD = RewardWeights()  # the reward's defaults have one home: bandit/reward.
 @dataclass(frozen=True)
 class RunSection:
     method: str = "fedspine"  # a registered method (fedspine.methods.registry; --help lists them)
+    # comma-separated importable modules that register methods (each calls register_method);
+    # imported wherever the config is validated, so simulation workers know them too
+    method_modules: str = ""
     seed: int = 0  # seeds data split, partition, fleet, sampling, LoRA init and the bandit
     rounds: int = 12  # federated rounds (the pruning schedule's horizon)
     time_budget_s: float = 0.0  # >0: keep training past `rounds` until the simulated clock hits it
@@ -294,6 +298,7 @@ def validate(config: Config) -> None:
         config.pruning,
         config.bandit,
     )
+    import_method_modules(run.method_modules)
     methods = method_names()
     _check(run.method in methods, f"run.method {run.method!r} is not one of: {', '.join(methods)}")
     _check(run.rounds >= 1, "run.rounds must be >= 1")
@@ -354,6 +359,20 @@ def validate(config: Config) -> None:
     )
     _check(config.eval.target_accuracy <= 1.0, "eval.target_accuracy is a share in [0, 1]")
     parse_tiers(config.fleet.tiers)
+
+
+def import_method_modules(text: str) -> None:
+    """Import the modules named in run.method_modules (their import registers the methods)."""
+    for name in (part.strip() for part in text.split(",")):
+        if not name:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(
+                f"run.method_modules: cannot import {name!r} ({err}); install it or put its "
+                "folder on PYTHONPATH"
+            ) from None
 
 
 def _check_tier_ranks(text: str) -> None:

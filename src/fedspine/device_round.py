@@ -121,18 +121,18 @@ def run_device_round(
     pruner = _Pruner(res, peft_model, downlink, steps, data, prior_scores)
     if pruner.one_shot_now:
         pruner.one_shot()
-    pruner.optimizer = make_optimizer(
-        peft_model,
-        *round_learning_rates(cfg.train, plan.round_num),
-        cfg.train.weight_decay,
-        res.base.adapter.task_head_modules(),
-    )
+    rates = round_learning_rates(cfg.train, plan.round_num)
+    heads = res.base.adapter.task_head_modules()
+
+    def new_optimizer() -> torch.optim.Optimizer:  # over the model's current LoRA tensors
+        return make_optimizer(peft_model, *rates, cfg.train.weight_decay, heads)
+
     stats = train_local(
         peft_model,
         data,
         steps,
         cfg.train.batch_size,
-        pruner.optimizer,
+        new_optimizer,
         seed=cfg.run.seed * 100_003 + plan.round_num * 1009 + device.device_id,
         after_backward=pruner.after_backward,
         after_step=pruner.after_step,
@@ -253,7 +253,6 @@ class _Pruner:
         self.flops = 0.0
         self.shape_version = 0  # bumped by every prune step: the FLOP cache key
         self._flops_cache: dict[tuple[int, int, int], float] = {}
-        self.optimizer = None
 
     def after_backward(self, step: int, batch: dict[str, torch.Tensor]) -> None:
         self.flops += self._step_flops(*batch["input_ids"].shape)
@@ -267,9 +266,11 @@ class _Pruner:
             self._flops_cache[key] = training_flops(self.model, sequences, length)
         return self._flops_cache[key]
 
-    def after_step(self, step: int, batch: dict[str, torch.Tensor]) -> None:
+    def after_step(self, step: int, batch: dict[str, torch.Tensor]) -> bool:
+        """Prune at the scheduled steps; True when LoRA tensors were sliced (new parameters).
+        Scores are in original coordinates, so the importance EMA carries on."""
         if not self.active or step not in self.schedule:
-            return
+            return False
         self.shape_version += 1
         self.kept = prune_step(
             self.model,
@@ -279,24 +280,10 @@ class _Pruner:
             self.schedule[step],
             self.res.config.pruning.selection,
         )
-        self._rebuild_optimizer()  # scores are in original coordinates: the EMA carries on
+        return True
 
     def _calibration(self) -> dict[str, torch.Tensor]:
         return self.data.batch(list(range(min(len(self.data), 4 * self.batch))))
-
-    def _rebuild_optimizer(self) -> None:
-        """Sliced LoRA tensors are new parameters: the optimizer must track the new ones."""
-        cfg = self.res.config
-        fresh = make_optimizer(
-            self.model,
-            *round_learning_rates(cfg.train, self.plan.round_num),
-            cfg.train.weight_decay,
-            self.adapter.task_head_modules(),
-        )
-        self.optimizer.param_groups.clear()
-        self.optimizer.state.clear()
-        for group in fresh.param_groups:
-            self.optimizer.add_param_group(group)
 
     def one_shot(self) -> None:
         """Prune-then-tune: Taylor importance on a calibration batch, prune to the target."""

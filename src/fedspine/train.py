@@ -6,6 +6,7 @@ No Flower here: the Flower apps call these functions and translate their results
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -72,6 +73,9 @@ class LocalTrainStats:
 
 
 StepHook = Callable[[int, dict[str, torch.Tensor]], None]
+# After an optimizer step; returns True when it replaced trainable tensors (a prune step slices
+# LoRA factors), so the loop must build a fresh optimizer over the new ones.
+ReshapeHook = Callable[[int, dict[str, torch.Tensor]], bool]
 
 
 def label_log_prior(labels: list[int], num_labels: int, tau: float) -> torch.Tensor | None:
@@ -138,24 +142,24 @@ def train_local(
     data: TokenisedData,
     steps: int,
     batch_size: int,
-    optimizer: torch.optim.Optimizer,
+    new_optimizer: Callable[[], torch.optim.Optimizer],
     seed: int,
     after_backward: StepHook | None = None,
-    after_step: StepHook | None = None,
+    after_step: ReshapeHook | None = None,
     logit_offset: torch.Tensor | None = None,
 ) -> LocalTrainStats:
     """Run `steps` optimizer steps; hooks see the step number (1-based) and the batch.
 
     `after_backward` runs while LoRA gradients exist (importance scoring reads them);
-    `after_step` runs after the update (pruning happens there, then training continues).
+    `after_step` runs after the update (pruning happens there, then training continues); when
+    it reports new parameters the optimizer is rebuilt with `new_optimizer` (fresh state).
     `logit_offset` (label_log_prior) is added to the logits of the training and probe losses.
     """
-    import time
-
     stream = batch_stream(len(data), batch_size, seed)
     probe = data.batch(next(batch_stream(len(data), batch_size, seed + 7919)))
     loss_before = batch_loss(model, probe, logit_offset)
     model.train()
+    optimizer = new_optimizer()
     examples = tokens = 0
     start = time.perf_counter()
     for step in range(1, steps + 1):
@@ -170,8 +174,8 @@ def train_local(
         optimizer.zero_grad(set_to_none=True)
         examples += batch["labels"].shape[0]
         tokens += int(batch["input_ids"].numel())
-        if after_step is not None:
-            after_step(step, batch)
+        if after_step is not None and after_step(step, batch):
+            optimizer = new_optimizer()
     train_wall_s = time.perf_counter() - start
     model.eval()
     return LocalTrainStats(

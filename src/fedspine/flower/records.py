@@ -83,50 +83,47 @@ def decode_registration(content: RecordDict) -> Registration:
     return from_record(Registration, dict(content[REGISTRATION]))
 
 
-def encode_downlink(config_json: str, downlink: Downlink) -> RecordDict:
+def _encode(records: dict[str, ConfigRecord], kept, factors, head, scores) -> RecordDict:
+    """A message with these scalar records, the kept map and the tensors both ways share."""
     content = RecordDict(
         {
-            RUN: ConfigRecord({CONFIG_JSON: config_json}),
-            PLAN: ConfigRecord(to_record(downlink.plan)),
-            KEPT: _kept_record(downlink.kept),
-            LORA: _arrays(factors_to_tensors(downlink.factors)),
-            HEAD: _arrays(downlink.head),
+            **records,
+            KEPT: _kept_record(kept),
+            LORA: _arrays(factors_to_tensors(factors)),
+            HEAD: _arrays(head),
         }
     )
-    if downlink.fleet_prior is not None:
-        content[IMPORTANCE] = _arrays(scores_to_tensors(downlink.fleet_prior))
+    if scores is not None:
+        content[IMPORTANCE] = _arrays(scores_to_tensors(scores))
     return content
+
+
+def _decode(content: RecordDict) -> tuple:
+    """(kept, factors, head, scores) of a down- or up-link message."""
+    return (
+        _read_kept(content),
+        tensors_to_factors(content[LORA].to_torch_state_dict()),
+        content[HEAD].to_torch_state_dict(),
+        _read_scores(content),
+    )
+
+
+def encode_downlink(config_json: str, downlink: Downlink) -> RecordDict:
+    scalars = {
+        RUN: ConfigRecord({CONFIG_JSON: config_json}),
+        PLAN: ConfigRecord(to_record(downlink.plan)),
+    }
+    return _encode(scalars, downlink.kept, downlink.factors, downlink.head, downlink.fleet_prior)
 
 
 def decode_downlink(content: RecordDict) -> Downlink:
-    return Downlink(
-        from_record(DevicePlan, dict(content[PLAN])),
-        _read_kept(content),
-        tensors_to_factors(content[LORA].to_torch_state_dict()),
-        content[HEAD].to_torch_state_dict(),
-        _read_scores(content),
-    )
+    return Downlink(from_record(DevicePlan, dict(content[PLAN])), *_decode(content))
 
 
 def encode_uplink(uplink: Uplink) -> RecordDict:
-    content = RecordDict(
-        {
-            REPORT: ConfigRecord(to_record(uplink.report)),
-            KEPT: _kept_record(uplink.kept),
-            LORA: _arrays(factors_to_tensors(uplink.factors)),
-            HEAD: _arrays(uplink.head),
-        }
-    )
-    if uplink.scores is not None:
-        content[IMPORTANCE] = _arrays(scores_to_tensors(uplink.scores))
-    return content
+    scalars = {REPORT: ConfigRecord(to_record(uplink.report))}
+    return _encode(scalars, uplink.kept, uplink.factors, uplink.head, uplink.scores)
 
 
 def decode_uplink(content: RecordDict) -> Uplink:
-    return Uplink(
-        from_record(DeviceReport, dict(content[REPORT])),
-        _read_kept(content),
-        tensors_to_factors(content[LORA].to_torch_state_dict()),
-        content[HEAD].to_torch_state_dict(),
-        _read_scores(content),
-    )
+    return Uplink(from_record(DeviceReport, dict(content[REPORT])), *_decode(content))
