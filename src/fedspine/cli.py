@@ -106,9 +106,18 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
         return "n/a" if value is None else f"{100 * value:.1f}%"
 
     ttt = summary["time_to_target_s"]
+    if summary.get("task") == "generate":  # the accuracy fields hold the answer score
+        headline = (
+            f"final score {pct(summary['final_score'])} (untuned base "
+            f"{pct(summary['base_score'])}, global {pct(summary['global_accuracy'])})"
+        )
+    else:
+        headline = (
+            f"final accuracy {pct(summary['final_accuracy'])} "
+            f"(global {pct(summary['global_accuracy'])})"
+        )
     console.print(
-        f"[bold green]done[/] {summary['method']}: final accuracy {pct(summary['final_accuracy'])}"
-        f" (global {pct(summary['global_accuracy'])}), mean sparsity "
+        f"[bold green]done[/] {summary['method']}: {headline}, mean sparsity "
         f"{pct(summary['mean_sparsity'])}, simulated {summary['sim_time_s']:.0f}s, "
         f"time to {pct(summary['target_accuracy'])}: "
         f"{'not reached' if ttt is None else f'{ttt:.0f}s'}, wall {summary['wall_time_s']:.0f}s"
@@ -221,6 +230,21 @@ def export(
 
     path = export_device(run_dir, device, out)
     console.print(f"exported device {device} to {path}")
+
+
+@app.command()
+def generate(
+    model_dir: Annotated[Path, typer.Argument(help="an exported model directory")],
+    prompt: Annotated[str, typer.Argument(help="the instruction to answer")],
+    max_new_tokens: Annotated[int, typer.Option(help="answer length cap in tokens")] = 64,
+) -> None:
+    """Answer PROMPT with an exported causal LM (a run with `data.task=generate`).
+
+    Greedy decoding through the tokenizer's chat template; the answer goes to stdout.
+    """
+    from fedspine.generate_text import generate_text
+
+    typer.echo(generate_text(model_dir, prompt, max_new_tokens))
 
 
 @app.command("show-config")

@@ -24,6 +24,7 @@ from fedspine.methods.registry import method_names
 from fedspine.pruning.importance import IMPORTANCE
 from fedspine.pruning.selection import SELECTION_MODES
 
+TASKS = ("classify", "generate")
 _REWARD = RewardWeights()  # the reward's defaults have one home: bandit/reward.py
 
 
@@ -51,9 +52,16 @@ class RunSection:
 
 @dataclass(frozen=True)
 class DataSection:
-    dataset: str = "spam"  # bundled name (spam, sotu) or a CSV/JSONL/Parquet file or HF dataset dir
+    # classify: texts with labels (a sequence classifier); generate: instruction tuning of a
+    # causal LM (records instruction/context/response/category, scored on generated answers)
+    task: str = "classify"
+    dataset: str = "spam"  # bundled (spam, sotu, instructions), a CSV/JSONL/Parquet file, HF dir
     text_column: str = "text"
     label_column: str = "label"
+    instruction_column: str = "instruction"  # generate: the request
+    context_column: str = "context"  # generate: optional passage the request refers to
+    response_column: str = "response"  # generate: the reference answer (the training target)
+    category_column: str = "category"  # generate: optional; Dirichlet skew and per-category scores
     test_fraction: float = 0.2  # held-out share, stratified
     max_test_examples: int = 400  # cap on the held-out set used for the final accuracy
     round_eval_examples: int = 128  # fixed seeded subset scored every round (kept cheap)
@@ -144,6 +152,7 @@ class EvalSection:
     target_accuracy: float = 0.0  # 0 = 95% of this run's best accuracy; else an absolute bar
     final_eval_examples: int = 64  # per-device final evaluation subset (global model: full test)
     round_devices: int = 2  # pruned methods: participants scored per round (least/most pruned)
+    max_new_tokens: int = 24  # generate: greedy answer length cap when scoring
 
 
 @dataclass(frozen=True)
@@ -182,6 +191,40 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "run": {"rounds": 10},
         "data": {"dataset": "sotu", "max_seq_len": 64, "max_test_examples": 400},
         "train": {"local_steps": 10},
+    },
+    # Instruction tuning of the real SmolLM2-135M-Instruct on the bundled instruction set:
+    # CI-sized (a few devices, a few short rounds), 30% target as in the paper's LLM setting.
+    "llm-smoke": {
+        "run": {"rounds": 3, "clients_per_round": 2},
+        "data": {
+            "task": "generate",
+            "dataset": "instructions",
+            "max_seq_len": 96,
+            "max_train_examples": 400,
+            "max_test_examples": 60,
+            "round_eval_examples": 24,
+        },
+        "model": {"source": "smollm2-135m"},
+        "train": {"local_steps": 4, "batch_size": 4},
+        "fleet": {"num_devices": 4},
+        "pruning": {"target_sparsity": 0.3, "prune_interval": 2, "final_recovery_steps": 4},
+        "eval": {"final_eval_examples": 24, "max_new_tokens": 16},
+    },
+    # The paper's LLM setting at our scale: 8 devices, 30% target sparsity, SmolLM2.
+    "llm": {
+        "run": {"rounds": 6, "clients_per_round": 4},
+        "data": {
+            "task": "generate",
+            "dataset": "instructions",
+            "max_seq_len": 128,
+            "max_test_examples": 150,
+            "round_eval_examples": 40,
+        },
+        "model": {"source": "smollm2-135m"},
+        "train": {"local_steps": 6, "batch_size": 4},
+        "fleet": {"num_devices": 8},
+        "pruning": {"target_sparsity": 0.3, "prune_interval": 3, "final_recovery_steps": 6},
+        "eval": {"final_eval_examples": 40},
     },
 }
 
@@ -314,6 +357,18 @@ def validate(config: Config) -> None:
     _check(1 <= run.workers <= 64, "run.workers must be between 1 and 64")
     _check(config.fleet.num_devices >= 1, "fleet.num_devices must be >= 1")
     _check(0.0 < data.test_fraction < 1.0, "data.test_fraction must be in (0, 1)")
+    _check(data.task in TASKS, f"data.task must be one of: {', '.join(TASKS)}")
+    if data.task == "generate":
+        _check(
+            config.model.source != "minilm",
+            "data.task=generate needs a causal language model: set model.source=smollm2-135m "
+            "(or a local Hugging Face causal-LM directory)",
+        )
+        _check(
+            train.logit_adjustment == 0.0,
+            "train.logit_adjustment applies to classification only; set it to 0 for generate",
+        )
+    _check(config.eval.max_new_tokens >= 1, "eval.max_new_tokens must be >= 1")
     _check(data.dirichlet_alpha > 0, "data.dirichlet_alpha must be > 0 (or set data.iid=true)")
     _check(8 <= data.max_seq_len <= 8192, "data.max_seq_len must be between 8 and 8192")
     _check(data.round_eval_examples >= 1, "data.round_eval_examples must be >= 1")

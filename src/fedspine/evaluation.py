@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 
+from fedspine.generative_eval import evaluate_generation
 from fedspine.global_state import GlobalLora
 from fedspine.lora.peft_io import attach_lora, set_head_state, set_lora_factors
 from fedspine.models.loading import LoadedModel
@@ -41,8 +42,20 @@ def rows_cols(base: LoadedModel, kept: KeptIndices) -> tuple[dict, dict]:
 
 def evaluate_device(
     res: RunResources, global_lora: GlobalLora, kept: KeptIndices, data: TokenisedData
-) -> dict[str, float]:
-    return evaluate(device_model(res.base, global_lora, kept), data)
+) -> dict:
+    """{"accuracy", "loss"} of a device model; generate: accuracy is the primary answer score
+    and "per_category" is added."""
+    model = device_model(res.base, global_lora, kept)
+    if not res.generative:
+        return evaluate(model, data)
+    return evaluate_generation(
+        model,
+        res.base.tokenizer,
+        data,
+        res.label_names,
+        res.config.eval.max_new_tokens,
+        res.answer_metrics,
+    )
 
 
 def final_eval_subset(res: RunResources) -> TokenisedData:

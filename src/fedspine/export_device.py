@@ -7,7 +7,7 @@ from pathlib import Path
 from fedspine.config import config_from_dict, read_toml
 from fedspine.errors import ConfigError
 from fedspine.evaluation import device_model
-from fedspine.models.loading import load_classifier
+from fedspine.models.loading import load_causal_lm, load_classifier
 from fedspine.pruning import KeptIndices, export_pruned
 from fedspine.report.final_state import load_global_lora
 from fedspine.report.record import CONFIG_FILE, read_summary
@@ -22,8 +22,11 @@ def export_device(run_dir: Path, device_id: int, out: Path) -> Path:
     by_id = {d["id"]: d for d in devices}
     if device_id not in by_id:
         raise ConfigError(f"device {device_id} is not in this run; ids are 0..{len(devices) - 1}")
-    num_labels = int(read_summary(run_dir)["num_labels"])
-    base = load_classifier(config.model.source, num_labels, config.run.seed)
+    if config.data.task == "generate":
+        base = load_causal_lm(config.model.source, config.run.seed)
+    else:
+        num_labels = int(read_summary(run_dir)["num_labels"])
+        base = load_classifier(config.model.source, num_labels, config.run.seed)
     kept = KeptIndices.from_dict(by_id[device_id]["kept"])
     model = device_model(base, global_lora, kept)
     return export_pruned(model, kept, out, tokenizer=base.tokenizer)

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedspine.config import Config, FleetSection, config_from_dict, parse_tiers
+from fedspine.config import Config, FleetSection, config_from_dict
+from fedspine.data.instructions import load_instructions
 from fedspine.data.loading import TextDataset, load_dataset, train_test_split
 from fedspine.data.partition import partition_indices
-from fedspine.fleet.profiles import DeviceProfile, FleetSpec, TierSpec, make_fleet
-from fedspine.models.loading import LoadedModel, load_classifier
-from fedspine.train import TokenisedData, tokenise
+from fedspine.fleet.profiles import DeviceProfile, FleetSpec, TierSpec, make_fleet, parse_tiers
+from fedspine.generative_eval import category_metrics
+from fedspine.models.loading import LoadedModel, load_causal_lm, load_classifier
+from fedspine.train import TokenisedData, tokenise, tokenise_instructions
 
 
 @dataclass
@@ -33,6 +35,11 @@ class RunResources:
     partitions: list[list[int]]  # device id -> indices into `train`
     fleet_spec: FleetSpec
     fleet: list[DeviceProfile]
+    answer_metrics: dict[int, str] | None = None  # generate: "exact" | "rouge-l" per category
+
+    @property
+    def generative(self) -> bool:
+        return self.config.data.task == "generate"
 
 
 def fleet_spec_from(section: FleetSection, seed: int) -> FleetSpec:
@@ -61,14 +68,21 @@ def _subsample(ds: TextDataset, limit: int, seed: int) -> TextDataset:
     if limit <= 0 or len(ds.labels) <= limit:
         return ds
     keep = np.sort(np.random.default_rng(seed).choice(len(ds.labels), limit, replace=False))
-    return TextDataset(
-        [ds.texts[i] for i in keep], [ds.labels[i] for i in keep], ds.label_names, ds.name
-    )
+    return ds.subset(keep.tolist())
 
 
 def load_data(config: Config) -> tuple[TextDataset, TextDataset]:
     data = config.data
-    full = load_dataset(data.dataset, data.text_column, data.label_column)
+    if data.task == "generate":
+        full = load_instructions(
+            data.dataset,
+            data.instruction_column,
+            data.context_column,
+            data.response_column,
+            data.category_column,
+        )
+    else:
+        full = load_dataset(data.dataset, data.text_column, data.label_column)
     train, test = train_test_split(
         full, data.test_fraction, config.run.seed, max_test=data.max_test_examples
     )
@@ -78,10 +92,12 @@ def load_data(config: Config) -> tuple[TextDataset, TextDataset]:
 def build_resources(config: Config) -> RunResources:
     seed = config.run.seed
     train_text, test_text = load_data(config)
-    base = load_classifier(config.model.source, len(train_text.label_names), seed)
-    max_len = config.data.max_seq_len
-    train = tokenise(train_text.texts, train_text.labels, base.tokenizer, max_len)
-    test = tokenise(test_text.texts, test_text.labels, base.tokenizer, max_len)
+    generative = config.data.task == "generate"
+    if generative:
+        base = load_causal_lm(config.model.source, seed)
+    else:
+        base = load_classifier(config.model.source, len(train_text.label_names), seed)
+    train, test = (_tokenise(part, base.tokenizer, config) for part in (train_text, test_text))
     n_eval = min(config.data.round_eval_examples, len(test))
     eval_idx = np.sort(np.random.default_rng(seed + 1).choice(len(test), n_eval, replace=False))
     alpha = None if config.data.iid else config.data.dirichlet_alpha
@@ -99,7 +115,15 @@ def build_resources(config: Config) -> RunResources:
         partitions,
         spec,
         make_fleet(spec),
+        category_metrics(train.references, train.labels) if generative else None,
     )
+
+
+def _tokenise(part: TextDataset, tokenizer, config: Config) -> TokenisedData:
+    max_len = config.data.max_seq_len
+    if config.data.task == "generate":
+        return tokenise_instructions(part.texts, part.targets, part.labels, tokenizer, max_len)
+    return tokenise(part.texts, part.labels, tokenizer, max_len)
 
 
 @functools.lru_cache(maxsize=2)

@@ -13,17 +13,31 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+IGNORE_INDEX = -100  # label of a token the loss skips (prompt and padding)
+
 
 @dataclass
 class TokenisedData:
-    """Token ids without padding (a list per example) and labels; batches pad to their longest."""
+    """Token ids without padding (a list per example) and labels; batches pad to their longest.
+
+    Classification: `labels` are the class ids. Instruction tuning (`prompt_lengths` set):
+    each row is prompt + response + end token, `labels` are the categories, a batch's labels
+    are the token ids with the prompt and the padding masked out (loss on the response only),
+    and `references` keeps the response text for scoring generations.
+    """
 
     input_ids: list[list[int]]
     labels: list[int]
     pad_token_id: int
+    prompt_lengths: list[int] | None = None
+    references: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def generative(self) -> bool:
+        return self.prompt_lengths is not None
 
     def batch(self, indices: list[int] | np.ndarray) -> dict[str, torch.Tensor]:
         rows = [self.input_ids[i] for i in indices]
@@ -33,14 +47,35 @@ class TokenisedData:
         for i, row in enumerate(rows):
             ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
             mask[i, : len(row)] = 1
-        labels = torch.tensor([self.labels[i] for i in indices], dtype=torch.long)
+        if self.prompt_lengths is None:
+            labels = torch.tensor([self.labels[i] for i in indices], dtype=torch.long)
+        else:
+            labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+            for i, index in enumerate(indices):
+                labels[i, : self.prompt_lengths[index]] = IGNORE_INDEX
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
+    def prompt_batch(self, indices: list[int] | np.ndarray) -> dict[str, torch.Tensor]:
+        """Prompts only, left-padded, for batched generation."""
+        rows = [self.input_ids[i][: self.prompt_lengths[i]] for i in indices]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
     def subset(self, indices: list[int]) -> TokenisedData:
+        def pick(values):
+            return None if values is None else [values[i] for i in indices]
+
         return TokenisedData(
             [self.input_ids[i] for i in indices],
             [self.labels[i] for i in indices],
             self.pad_token_id,
+            pick(self.prompt_lengths),
+            pick(self.references),
         )
 
 
@@ -48,6 +83,53 @@ def tokenise(texts: list[str], labels: list[int], tokenizer, max_seq_len: int) -
     """Tokenise once; texts longer than max_seq_len are truncated by the tokenizer."""
     encoded = tokenizer(texts, truncation=True, max_length=max_seq_len, padding=False)
     return TokenisedData(list(encoded["input_ids"]), list(labels), int(tokenizer.pad_token_id))
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """The prompt as the model expects a user turn: its chat template when it has one."""
+    if getattr(tokenizer, "chat_template", None):
+        encoded = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
+        if hasattr(encoded, "keys"):  # a BatchEncoding
+            encoded = encoded["input_ids"]
+        return list(encoded)
+    return list(tokenizer(prompt + "\n", add_special_tokens=True)["input_ids"])
+
+
+def end_token_id(tokenizer) -> int:
+    """The token that ends an answer: eos, else sep (BERT-style vocabularies), else pad."""
+    for candidate in (tokenizer.eos_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id):
+        if candidate is not None:
+            return int(candidate)
+    raise ValueError("the tokenizer has no eos, sep or pad token to end an answer with")
+
+
+def tokenise_instructions(
+    prompts: list[str],
+    responses: list[str],
+    categories: list[int],
+    tokenizer,
+    max_seq_len: int,
+) -> TokenisedData:
+    """prompt + response + end token per example, at most `max_seq_len` tokens.
+
+    A long example keeps up to half the budget for its response and the rest for the end of
+    its prompt (where the generation prompt sits), so truncation never drops the part the
+    model answers from.
+    """
+    end = end_token_id(tokenizer)
+    rows, lengths = [], []
+    for prompt, response in zip(prompts, responses, strict=True):
+        question = prompt_ids(tokenizer, prompt)
+        answer = list(tokenizer(response, add_special_tokens=False)["input_ids"])
+        answer = answer[: max(1, max_seq_len // 2) - 1] + [end]
+        question = question[-(max_seq_len - len(answer)) :]
+        rows.append(question + answer)
+        lengths.append(len(question))
+    return TokenisedData(
+        rows, list(categories), int(tokenizer.pad_token_id), lengths, list(responses)
+    )
 
 
 def batch_stream(num_examples: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:

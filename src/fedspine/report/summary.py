@@ -7,6 +7,7 @@ from typing import Any
 
 from fedspine.config import Config
 from fedspine.fleet.profiles import fleet_to_dict
+from fedspine.generative_eval import SCORE_DEFINITION
 
 ACCURACY_DEFINITION = (
     "final_accuracy: mean over all devices of each device's final model (its own pruned "
@@ -72,6 +73,24 @@ def framework_overhead_share(rows: list[dict], workers: int) -> dict[str, float 
     return {"framework": framework / total, "device_setup": setup / total}
 
 
+def _task_fields(
+    config: Config, final: float | None, global_scores: dict, base_scores: dict | None
+) -> dict[str, Any]:
+    """task, final_score and, for instruction tuning, the base model's score and per-category
+    scores (the accuracy fields then hold the primary answer score)."""
+    fields: dict[str, Any] = {"task": config.data.task, "final_score": final}
+    if config.data.task == "generate":
+        fields.update(
+            {
+                "base_score": base_scores["accuracy"] if base_scores else None,
+                "score_definition": SCORE_DEFINITION,
+                "per_category": global_scores.get("per_category"),
+                "base_per_category": (base_scores or {}).get("per_category"),
+            }
+        )
+    return fields
+
+
 def build_summary(
     config: Config,
     res,
@@ -80,7 +99,9 @@ def build_summary(
     global_scores: dict,
     wall_time_s: float,
     peak_rss_mb: float,
+    base_scores: dict | None = None,
 ) -> dict[str, Any]:
+    """The run's figures. `base_scores`: the untuned base on the same held-out set (generate)."""
     accuracies = [r["accuracy"] for r in rows if r.get("accuracy") is not None]
     device_acc = [d["accuracy"] for d in devices]
     final_accuracy = statistics.fmean(device_acc) if device_acc else None
@@ -112,6 +133,7 @@ def build_summary(
         # {"framework": outside device handlers and evaluation, "device_setup": handler work
         # outside the optimizer loop}; see framework_overhead_share's docstring
         "accuracy_definition": ACCURACY_DEFINITION,
+        **_task_fields(config, final_accuracy, global_scores, base_scores),
         "devices": devices,
         "fleet": fleet_to_dict(res.fleet_spec, res.fleet),
     }

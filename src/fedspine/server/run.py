@@ -226,6 +226,10 @@ def run_federation(
     probe_s = server.register(registrations, step_flops, round_bytes)
     loop = _RoundLoop(res, server, channel, run_dir, progress)
     loop.sim_s = probe_s  # the probe's simulated cost opens the run's clock
+    base_scores = None
+    if res.generative:  # the untuned base on the held-out set: what tuning must beat
+        progress.phase("scoring the untuned base model")
+        base_scores = evaluate_device(res, server.global_lora, full_kept(res), res.test)
     progress.start_rounds(config.run.round_limit + int(method.prunes))
     # 2. The planned rounds.
     for round_num in range(1, config.run.rounds + 1):
@@ -251,6 +255,7 @@ def run_federation(
     global_scores = evaluate_device(res, server.global_lora, full_kept(res), res.test)
     save_server_state(run_dir, server)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    wall_s = time.perf_counter() - started
     return build_summary(
-        config, res, loop.rows, devices, global_scores, time.perf_counter() - started, peak_rss_mb
+        config, res, loop.rows, devices, global_scores, wall_s, peak_rss_mb, base_scores
     )
