@@ -88,6 +88,9 @@ def test_loss_covers_the_response_only_and_long_examples_are_truncated(tokenizer
     data = tokenise_instructions(prompts, ["red", "blue sky " * 100], [0, 1], tokenizer, 32)
     assert all(len(row) <= 32 for row in data.input_ids)
     assert data.input_ids[1][-1] == tokenizer.eos_token_id  # the end token survives truncation
+    long_prompt = data.input_ids[1][: data.prompt_lengths[1]]
+    full_prompt = tokenizer(prompts[1] + "\n")["input_ids"]
+    assert long_prompt[:4] == full_prompt[:4] and long_prompt[-3:] == full_prompt[-3:]
     batch = data.batch([0, 1])
     first = batch["labels"][0]
     prompt_len = data.prompt_lengths[0]
@@ -109,6 +112,10 @@ def test_answers_are_scored_by_exact_match_or_rouge_l_per_category():
     result = score_answers(predictions, references, categories, ["capital", "sound", "define"])
     table = result["per_category"]
     assert table["capital"]["score"] == 1.0 and table["sound"]["score"] == 0.0
+    lenient = score_answers(["The capital is Paris."], ["Paris"], [0], ["capital"])
+    assert lenient["per_category"]["capital"] == pytest.approx(
+        {"metric": "exact", "score": 0.0, "contains": 1.0, "examples": 1}
+    )
     assert 0.5 < table["define"]["score"] < 1.0
     assert result["score"] == pytest.approx(sum(r["score"] for r in table.values()) / 3)
 

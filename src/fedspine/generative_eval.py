@@ -63,12 +63,17 @@ def score_answers(
     """{"score": mean over categories, "per_category": {name: {metric, score, examples}}}."""
     metrics = metrics or category_metrics(references, categories)
     per: dict[int, list[float]] = defaultdict(list)
+    contained: dict[int, list[float]] = defaultdict(list)
     for prediction, reference, category in zip(predictions, references, categories, strict=True):
         per[category].append(answer_score(prediction, reference, metrics[category]))
+        contained[category].append(float(normalise(reference) in normalise(prediction)))
     table = {
         category_names[c]: {
             "metric": metrics[c],
             "score": sum(values) / len(values),
+            # lenient, for reading only: the reference appears in the answer (an untuned
+            # instruct model answers in full sentences, which exact match scores 0)
+            "contains": sum(contained[c]) / len(values),
             "examples": len(values),
         }
         for c, values in sorted(per.items())

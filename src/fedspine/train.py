@@ -105,6 +105,16 @@ def end_token_id(tokenizer) -> int:
     raise ValueError("the tokenizer has no eos, sep or pad token to end an answer with")
 
 
+PROMPT_TAIL_TOKENS = 8  # a chat template's closing tokens (end of turn, assistant header)
+
+
+def _middle_truncated(ids: list[int], budget: int) -> list[int]:
+    if len(ids) <= budget:
+        return ids
+    tail = min(PROMPT_TAIL_TOKENS, budget // 2)
+    return ids[: budget - tail] + ids[len(ids) - tail :]
+
+
 def tokenise_instructions(
     prompts: list[str],
     responses: list[str],
@@ -114,9 +124,9 @@ def tokenise_instructions(
 ) -> TokenisedData:
     """prompt + response + end token per example, at most `max_seq_len` tokens.
 
-    A long example keeps up to half the budget for its response and the rest for the end of
-    its prompt (where the generation prompt sits), so truncation never drops the part the
-    model answers from.
+    A long example keeps up to half the budget for its response; its prompt loses tokens from
+    the middle (the end of a long context), so the instruction at the start and the generation
+    prompt at the end both survive.
     """
     end = end_token_id(tokenizer)
     rows, lengths = [], []
@@ -124,7 +134,7 @@ def tokenise_instructions(
         question = prompt_ids(tokenizer, prompt)
         answer = list(tokenizer(response, add_special_tokens=False)["input_ids"])
         answer = answer[: max(1, max_seq_len // 2) - 1] + [end]
-        question = question[-(max_seq_len - len(answer)) :]
+        question = _middle_truncated(question, max_seq_len - len(answer))
         rows.append(question + answer)
         lengths.append(len(question))
     return TokenisedData(
