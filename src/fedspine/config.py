@@ -31,9 +31,6 @@ _REWARD = RewardWeights()  # the reward's defaults have one home: bandit/reward.
 @dataclass(frozen=True)
 class RunSection:
     method: str = "fedspine"  # a registered method (fedspine.methods.registry; --help lists them)
-    # comma-separated importable modules that register methods (each calls register_method);
-    # imported wherever the config is validated, so simulation workers know them too
-    method_modules: str = ""
     seed: int = 0  # seeds data split, partition, fleet, sampling, LoRA init and the bandit
     rounds: int = 12  # federated rounds (the pruning schedule's horizon)
     time_budget_s: float = 0.0  # >0: keep training past `rounds` until the simulated clock hits it
@@ -41,6 +38,9 @@ class RunSection:
     clients_per_round: int = 8  # devices sampled each round (capped at num_devices)
     workers: int = 2  # parallel simulated clients (one CPU thread each)
     sampling_seed_offset: int = 17  # participants are drawn from a stream seeded run.seed + this
+    # comma-separated importable modules that register methods (each calls register_method);
+    # imported wherever the config is validated, so simulation workers know them too
+    method_modules: str = ""
 
     @property
     def round_limit(self) -> int:
