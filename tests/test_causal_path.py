@@ -182,3 +182,16 @@ def test_fedspine_instruction_tunes_and_prunes_a_causal_lm(
     assert set(summary["per_category"]) == {"describe", "echo"}
     assert summary["mean_sparsity"] == pytest.approx(0.5, abs=0.02)  # every device at target
     assert all(p["time_s"] > 0 for r in rows for p in r["participants"])
+
+
+def test_bench_inference_times_generated_tokens_of_pruned_causal_lms(tiny_llama_dir):
+    from fedspine.bench_inference import format_bench_table, run_bench_inference
+
+    result = run_bench_inference(str(tiny_llama_dir), [0.5], 1, 8, 2, 0, 1, new_tokens=3)
+    full, pruned = result["rows"]
+    assert result["new_tokens"] == 3 and full["sparsity"] == 0.0 and pruned["sparsity"] == 0.5
+    assert pruned["ms_per_token"] == pytest.approx(pruned["latency_ms"] / 3)
+    assert pruned["non_embedding_param_bytes"] < full["non_embedding_param_bytes"]
+    assert "ms/token" in format_bench_table(result)
+    with pytest.raises(ConfigError, match="causal LM"):
+        run_bench_inference(None, [0.5], new_tokens=3)

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 from peft import get_peft_model
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from fedspine.models.families import adapter_for, tiny_config
 from fedspine.pruning import (
@@ -77,6 +77,29 @@ def test_pruned_model_equals_masked_full_model(model_type, mode):
         unpruned = model(**inputs).logits
     assert torch.allclose(actual, expected, atol=1e-5)
     assert not torch.allclose(actual, unpruned, atol=1e-4)  # the removed groups mattered
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "mistral", "gemma3_text"])
+def test_pruned_causal_lm_equals_masked_full_model_and_generates_the_same(model_type):
+    """Decoders as causal LMs: every token's logits over the vocabulary match the masked full
+    model, and greedy generation with the KV cache (pruned kv heads) gives the same tokens."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type)).eval()
+    adapter = adapter_for(model)
+    full = KeptIndices.full(adapter, model.config)
+    kept = select_groups_to_keep(magnitude_importance(model, adapter, full), full, 0.5)
+    pruned = build_pruned_model(model, kept).eval()
+    masked = _masked_copy(model, adapter, kept)
+    inputs = _inputs()
+    with torch.no_grad():
+        expected, actual = masked(**inputs).logits, pruned(**inputs).logits
+        assert expected.shape[-1] == model.config.vocab_size
+        assert torch.allclose(actual, expected, atol=1e-5)
+        kwargs = {"max_new_tokens": 6, "do_sample": False, "use_cache": True, "pad_token_id": 0}
+        generated = pruned.generate(**inputs, **kwargs)
+        reference = masked.generate(**inputs, **kwargs)
+    assert torch.equal(generated, reference)
+    assert pruned.config.num_key_value_heads == len(kept.layers[0].kv_heads)
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)

@@ -273,6 +273,13 @@ def bench_inference(
         int, typer.Option(help="torch threads (1 gives stable ratios on a busy machine)")
     ] = 1,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the table as JSON")] = None,
+    new_tokens: Annotated[
+        int,
+        typer.Option(
+            help="0: one forward pass of a classifier; N > 0: a causal LM (e.g. --model "
+            "smollm2-135m) generates N tokens per call, reported as ms per token too"
+        ),
+    ] = 0,
 ) -> None:
     """Latency, parameter count and bytes of pruned copies, side by side in one process."""
     from fedspine.bench_inference import format_bench_table, run_bench_inference
@@ -286,6 +293,7 @@ def bench_inference(
         repeats,
         3,
         threads,
+        new_tokens,
     )
     typer.echo(format_bench_table(result))
     if json_out:

@@ -25,6 +25,7 @@ from fedspine.pruning.importance import IMPORTANCE
 from fedspine.pruning.selection import SELECTION_MODES
 
 TASKS = ("classify", "generate")
+PRECISIONS = ("fp32", "bf16")
 _REWARD = RewardWeights()  # the reward's defaults have one home: bandit/reward.py
 
 
@@ -90,6 +91,9 @@ class TrainSection:
     learning_rate: float = 1e-3  # LoRA factors
     head_learning_rate: float = 2e-3  # the new classification head
     lr_decay: float = 1.0  # both rates x this per round after the first (1 = constant)
+    # fp32 | bf16: bf16 autocast of the local forward passes (backward follows); weights and
+    # LoRA factors stay fp32. Uses AMX/AVX512-BF16 where the CPU has it.
+    precision: str = "fp32"
     logit_adjustment: float = 0.0  # tau: local loss on logits + tau*log(local label prior); 0 = off
     weight_decay: float = 0.0
     # eta_g: the global moves this share of the way to the round's aggregate (FedAvg with a
@@ -224,7 +228,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "round_eval_examples": 40,
         },
         "model": {"source": "smollm2-135m"},
-        "train": {"local_steps": 10, "batch_size": 4, "learning_rate": 2e-3},
+        "train": {"local_steps": 10, "batch_size": 4, "learning_rate": 2e-3, "precision": "bf16"},
         "fleet": {"num_devices": 8},
         "pruning": {"target_sparsity": 0.3, "prune_interval": 5, "final_recovery_steps": 8},
         "eval": {"final_eval_examples": 40, "max_new_tokens": 16},
@@ -381,6 +385,9 @@ def validate(config: Config) -> None:
     _check(0 < train.learning_rate < 1, "train.learning_rate must be in (0, 1)")
     _check(0 < train.lr_decay <= 1, "train.lr_decay must be in (0, 1] (1 = no decay)")
     _check(
+        train.precision in PRECISIONS, f"train.precision must be one of: {', '.join(PRECISIONS)}"
+    )
+    _check(
         0 <= train.logit_adjustment <= 2,
         "train.logit_adjustment must be in [0, 2] (0 = off, 1 = balanced softmax)",
     )
@@ -407,9 +414,7 @@ def validate(config: Config) -> None:
     _check(bandit.max_time_ratio > 0.0, "bandit.max_time_ratio must be > 0")
     _check(bandit.failure_penalty >= 0.0, "bandit.failure_penalty must be >= 0")
     _check(0.0 < bandit.speed_new_weight <= 1.0, "bandit.speed_new_weight must be in (0, 1]")
-    _check(
-        0.0 <= config.model.rank_tail_share < 1.0, "model.rank_tail_share must be in [0, 1)"
-    )
+    _check(0.0 <= config.model.rank_tail_share < 1.0, "model.rank_tail_share must be in [0, 1)")
     _check_tier_ranks(config.model.tier_ranks)
     _check(
         1 <= bandit.rank_min <= bandit.rank_max,

@@ -137,6 +137,7 @@ def run_device_round(
         after_backward=pruner.after_backward,
         after_step=pruner.after_step,
         logit_offset=label_log_prior(data.labels, len(res.label_names), cfg.train.logit_adjustment),
+        precision=cfg.train.precision,
     )
     # 3. Up-link: LoRA in the device's own coordinates (HetLoRA may shed rank), costed.
     factors, head = get_lora_factors(peft_model), get_head_state(peft_model)

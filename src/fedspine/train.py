@@ -5,6 +5,7 @@ No Flower here: the Flower apps call these functions and translate their results
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -239,6 +240,7 @@ def train_local(
     after_backward: StepHook | None = None,
     after_step: ReshapeHook | None = None,
     logit_offset: torch.Tensor | None = None,
+    precision: str = "fp32",
 ) -> LocalTrainStats:
     """Run `steps` optimizer steps; hooks see the step number (1-based) and the batch.
 
@@ -246,17 +248,24 @@ def train_local(
     `after_step` runs after the update (pruning happens there, then training continues); when
     it reports new parameters the optimizer is rebuilt with `new_optimizer` (fresh state).
     `logit_offset` (label_log_prior) is added to the logits of the training and probe losses.
+    `precision="bf16"` runs every forward pass (training and the loss probes) under CPU bf16
+    autocast; parameters, gradients and optimizer state stay fp32.
     """
+    autocast = functools.partial(
+        torch.autocast, "cpu", dtype=torch.bfloat16, enabled=precision == "bf16"
+    )
     stream = batch_stream(len(data), batch_size, seed)
     probe = data.batch(next(batch_stream(len(data), batch_size, seed + 7919)))
-    loss_before = batch_loss(model, probe, logit_offset)
+    with autocast():
+        loss_before = batch_loss(model, probe, logit_offset)
     model.train()
     optimizer = new_optimizer()
     examples = tokens = 0
     start = time.perf_counter()
     for step in range(1, steps + 1):
         batch = data.batch(next(stream))
-        loss = training_loss(model, batch, logit_offset)
+        with autocast():
+            loss = training_loss(model, batch, logit_offset)
         if not math.isfinite(loss.item()):
             raise FloatingPointError("local training diverged (loss is not finite)")
         loss.backward()
@@ -270,9 +279,9 @@ def train_local(
             optimizer = new_optimizer()
     train_wall_s = time.perf_counter() - start
     model.eval()
-    return LocalTrainStats(
-        loss_before, batch_loss(model, probe, logit_offset), steps, examples, tokens, train_wall_s
-    )
+    with autocast():
+        loss_after = batch_loss(model, probe, logit_offset)
+    return LocalTrainStats(loss_before, loss_after, steps, examples, tokens, train_wall_s)
 
 
 @torch.no_grad()
