@@ -195,3 +195,16 @@ def test_bench_inference_times_generated_tokens_of_pruned_causal_lms(tiny_llama_
     assert "ms/token" in format_bench_table(result)
     with pytest.raises(ConfigError, match="causal LM"):
         run_bench_inference(None, [0.5], new_tokens=3)
+
+
+def test_a_causal_lms_training_memory_counts_its_vocabulary_wide_logits():
+    from transformers import AutoModelForSequenceClassification
+
+    from fedspine.fleet.cost import logits_bytes, training_memory_bytes
+
+    causal = AutoModelForCausalLM.from_config(tiny_config("llama", vocab_size=1000))
+    classifier = AutoModelForSequenceClassification.from_config(tiny_config("llama"))
+    assert logits_bytes(causal, 4, 16) == 2 * 4 * 16 * 1000 * 4
+    assert logits_bytes(classifier, 4, 16) == 0
+    grown = training_memory_bytes(causal, 4, 32) - training_memory_bytes(causal, 4, 16)
+    assert grown >= logits_bytes(causal, 4, 16)  # 16 more tokens: at least their logits

@@ -30,6 +30,7 @@ PER_SEQUENCE_MODULES: tuple[str, ...] = ("pooler", "classifier")
 ADAM_MIXED_PRECISION_STATE_BYTES = 12
 # fp16 on the device: bytes of one weight, gradient or saved activation value.
 DEVICE_BYTES_PER_VALUE = 2
+LOGIT_BYTES = 4  # a causal LM's logits and their gradient are kept in fp32 for the loss
 
 
 @dataclass(frozen=True)
@@ -291,7 +292,9 @@ def training_memory_bytes(model: nn.Module, batch_size: int, seq_len: int) -> in
                        (12 = fp32 master copy + Adam m and v, mixed precision)
       + activations    `activation_bytes`: embeddings + per layer
                        b s ((4h + 4A + 2I) x bytes + 2h) + b a s^2 (2 x bytes + 1)
-      + LoRA middles   b s r x bytes for every executed LoRA pair.
+      + LoRA middles   b s r x bytes for every executed LoRA pair
+      + logits         causal LMs: b s V x 4 twice (the vocabulary-wide logits and their
+                       gradient, fp32; for SmolLM2 at 4 x 96 tokens that is 150 MB).
 
     Trainable follows `requires_grad` (peft's marking). Widths come from the live modules.
     The OS and CUDA context are covered by the fleet's usable-memory fraction, not here.
@@ -310,7 +313,18 @@ def training_memory_bytes(model: nn.Module, batch_size: int, seq_len: int) -> in
         if call.is_lora and ".lora_A." in call.name and not call.per_sequence
     )
     activations += batch_size * seq_len * lora_middles * bytes_per_param
-    return int(weights_and_states + activations)
+    return int(weights_and_states + activations + logits_bytes(model, batch_size, seq_len))
+
+
+def logits_bytes(model: nn.Module, batch_size: int, seq_len: int) -> int:
+    """Memory of a causal LM's training logits (every token scores the whole vocabulary);
+    0 for a classifier, whose logits are a few numbers per sequence."""
+    base = unwrap_peft(model)
+    can_generate = getattr(base, "can_generate", None)
+    if not (callable(can_generate) and can_generate()):
+        return 0
+    vocab = base.get_output_embeddings().out_features
+    return 2 * batch_size * seq_len * vocab * LOGIT_BYTES
 
 
 def exceeds_budget(mem_bytes: int, profile: DeviceProfile, usable_fraction: float) -> bool:
