@@ -1,8 +1,10 @@
 """Scoring generated answers: batched greedy generation, exact match or ROUGE-L per category.
 
-A category whose reference answers are short (a name, a label, a pronunciation: at most
-`SHORT_ANSWER_WORDS` words on average) is scored by normalised exact match; a longer one
-(definitions, subject lines, Dolly's open QA) by ROUGE-L F1 from the `rouge-score` package.
+A category whose reference answers are all ARPAbet phonemes (pronunciations) is scored by
+1 - phoneme error rate (`jiwer`'s WER over the phoneme tokens, floored at 0); one whose
+references are short (a name, a label: at most `SHORT_ANSWER_WORDS` words on average) by
+normalised exact match; a longer one (definitions, subject lines, Dolly's open QA) by ROUGE-L
+F1 from the `rouge-score` package.
 The run's primary score is the mean over categories, so a large category does not drown a
 small one. Evaluation is server work and is not added to simulated time. No Flower here.
 """
@@ -13,6 +15,7 @@ import re
 import string
 from collections import defaultdict
 
+import jiwer
 import torch
 from rouge_score import rouge_scorer
 
@@ -22,10 +25,12 @@ SHORT_ANSWER_WORDS = 4.0
 GENERATION_BATCH = 16
 SCORE_DEFINITION = (
     "score: mean over categories of each category's mean score on the held-out answers, "
-    "greedy decoding; exact match after lower-casing and stripping punctuation and articles "
-    f"for categories whose references average <= {SHORT_ANSWER_WORDS:g} words, ROUGE-L F1 "
-    "(rouge-score, stemmed) for the others"
+    "greedy decoding; 1 - phoneme error rate (jiwer) for ARPAbet pronunciations, exact match "
+    "after lower-casing and stripping punctuation and articles for categories whose "
+    f"references average <= {SHORT_ANSWER_WORDS:g} words, ROUGE-L F1 (rouge-score, stemmed) "
+    "for the others"
 )
+_PHONEME = re.compile(r"^[A-Z]{1,2}[0-2]?$")  # an ARPAbet symbol, with its stress digit
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
@@ -37,19 +42,26 @@ def normalise(text: str) -> str:
 
 
 def category_metrics(references: list[str], categories: list[int]) -> dict[int, str]:
-    """Per category: "exact" for short reference answers, "rouge-l" for longer ones."""
-    words: dict[int, list[int]] = defaultdict(list)
+    """Per category: "phoneme" for ARPAbet answers, "exact" for short reference answers,
+    "rouge-l" for longer ones."""
+    answers: dict[int, list[str]] = defaultdict(list)
     for reference, category in zip(references, categories, strict=True):
-        words[category].append(len(reference.split()))
-    return {
-        cat: "exact" if sum(n) / len(n) <= SHORT_ANSWER_WORDS else "rouge-l"
-        for cat, n in words.items()
-    }
+        answers[category].append(reference)
+    return {category: _metric_of(refs) for category, refs in answers.items()}
+
+
+def _metric_of(references: list[str]) -> str:
+    if all(ref.split() and all(_PHONEME.match(t) for t in ref.split()) for ref in references):
+        return "phoneme"
+    mean_words = sum(len(ref.split()) for ref in references) / len(references)
+    return "exact" if mean_words <= SHORT_ANSWER_WORDS else "rouge-l"
 
 
 def answer_score(prediction: str, reference: str, metric: str) -> float:
     if metric == "exact":
         return float(normalise(prediction) == normalise(reference))
+    if metric == "phoneme":
+        return max(0.0, 1.0 - jiwer.wer(reference, prediction.upper() or "-"))
     return float(_ROUGE.score(reference, prediction)["rougeL"].fmeasure)
 
 
