@@ -17,6 +17,7 @@ from fedspine.data.loading import (
     is_missing,
     read_bundled,
     read_columns,
+    require_columns,
     user_data_path,
 )
 from fedspine.errors import DataError
@@ -58,13 +59,7 @@ def _to_instructions(
     columns: dict[str, list[Any]], names: tuple[str, str, str, str], dataset: str, where: str
 ) -> TextDataset:
     instruction, context, response, category = names
-    present = ", ".join(repr(c) for c in columns) or "none"
-    for role, wanted in (("instruction", instruction), ("response", response)):
-        if wanted not in columns:
-            raise DataError(
-                f"{where} has no {role} column '{wanted}'; columns present: {present}. Name "
-                f"the right one with --set data.{role}_column=<column>."
-            )
+    require_columns(columns, {"instruction": instruction, "response": response}, where)
     rows = len(columns[instruction])
     contexts = columns.get(context, [""] * rows)
     categories = columns.get(category, [DEFAULT_CATEGORY] * rows)

@@ -263,8 +263,13 @@ def _check_columns(
 ) -> None:
     if not columns or not any(columns.values()):
         raise DataError(f"{where} has no rows: add rows with a text and a label column.")
+    require_columns(columns, {"text": text_column, "label": label_column}, where)
+
+
+def require_columns(columns: dict[str, list[Any]], roles: dict[str, str], where: str) -> None:
+    """Each role's column must exist; the error names the columns present and the setting."""
     present = ", ".join(repr(c) for c in columns) or "none"
-    for role, wanted in (("text", text_column), ("label", label_column)):
+    for role, wanted in roles.items():
         if wanted not in columns:
             raise DataError(
                 f"{where} has no {role} column '{wanted}'; columns present: {present}. "
