@@ -106,3 +106,35 @@ def test_global_mode_prunes_more_where_importance_is_concentrated():
 def test_bad_arguments_raise_config_error(ratio, mode):
     with pytest.raises(ConfigError):
         select_groups_to_keep(_random_scores(MHA), _full(MHA), ratio, mode)
+
+
+SMOL = FullDims(
+    num_layers=2, num_heads=9, num_kv_heads=3, head_dim=4, intermediate_size=60, hidden_size=36
+)
+
+
+def _structure_share(kept: KeptIndices) -> tuple[float, float]:
+    dims = kept.dims
+    heads = 1 - sum(len(k.heads) for k in kept.layers) / (dims.num_heads * dims.num_layers)
+    channels = 1 - sum(len(k.channels) for k in kept.layers) / (
+        dims.intermediate_size * dims.num_layers
+    )
+    return heads, channels
+
+
+@pytest.mark.parametrize("mode", ["uniform", "global"])
+@pytest.mark.parametrize(
+    ("ratio", "heads_removed"), [(0.1, 0.0), (0.3, 1 / 3), (0.5, 5 / 9), (0.7, 2 / 3)]
+)
+def test_coarse_gqa_heads_are_balanced_by_channels_to_hit_the_target(mode, ratio, heads_removed):
+    # 9 query heads in 3 kv groups allow 9, 6, 4, 3, 2 or 1 heads: never 8 (a 10% target)
+    kept = select_groups_to_keep(_random_scores(SMOL, 3), _full(SMOL), ratio, mode)
+    heads, channels = _structure_share(kept)
+    if mode == "uniform":  # global mode spreads the heads unevenly; the mean still holds
+        assert heads == pytest.approx(heads_removed)
+    assert (heads + channels) / 2 == pytest.approx(ratio, abs=1 / 60)
+
+
+def test_mha_heads_and_channels_keep_the_same_share():
+    kept = select_groups_to_keep(_random_scores(MHA), _full(MHA), 0.25)
+    assert _structure_share(kept) == (0.25, 0.25)

@@ -5,6 +5,11 @@ channels that must be removed once the step is done (an absolute sparsity, so 0.
 two steps). Heads and channels get the same share. Selection is monotone (only currently kept
 structures can be kept) and keeps at least one head and one channel per layer.
 
+Grouped-query attention makes head counts coarse (SmolLM2's 9 query heads in 3 kv groups allow
+9, 6, 4, 3, 2 or 1 per layer): there the head count closest to the target is taken and the FFN
+channels absorb the difference, so the mean of the two shares (the reported sparsity) still
+lands on the target instead of overshooting it by a whole kv group.
+
 Modes:
 - ``uniform`` (default): every layer keeps round(full * (1 - ratio)) heads / channels, so all
   layers share one width and a stock config describes the result.
@@ -40,13 +45,26 @@ def select_groups_to_keep(
     head_units = [_head_unit_scores(s, k, dims.group_size) for s, k in pairs]
     channel_units = [s.channels[list(k.channels)] for s, k in pairs]
     head_counts = _keep_counts(head_units, dims.num_heads, target_ratio, mode)
-    channel_counts = _keep_counts(channel_units, dims.intermediate_size, target_ratio, mode)
+    coarse = dims.group_size > 1
+    heads = [
+        _select_heads(s, k, count, dims.group_size, nearest=coarse)
+        for (s, k), count in zip(pairs, head_counts, strict=True)
+    ]
+    channel_ratio = target_ratio
+    if coarse:
+        heads_removed = 1.0 - sum(len(h) for h in heads) / (dims.num_heads * dims.num_layers)
+        channel_ratio = compensating_channel_ratio(target_ratio, heads_removed)
+    channel_counts = _keep_counts(channel_units, dims.intermediate_size, channel_ratio, mode)
     layers = []
-    for idx, (layer_scores, layer_kept) in enumerate(pairs):
-        heads = _select_heads(layer_scores, layer_kept, head_counts[idx], dims.group_size)
+    for idx, (_, layer_kept) in enumerate(pairs):
         channels = _top_indices(layer_kept.channels, channel_units[idx], channel_counts[idx])
-        layers.append(LayerKept(heads, kv_heads_of(heads, dims.group_size), channels))
+        layers.append(LayerKept(heads[idx], kv_heads_of(heads[idx], dims.group_size), channels))
     return KeptIndices(family=kept.family, dims=dims, layers=tuple(layers))
+
+
+def compensating_channel_ratio(target_ratio: float, heads_removed: float) -> float:
+    """Pure: the channel share whose mean with `heads_removed` is `target_ratio`, within [0, 0.99]."""
+    return min(0.99, max(0.0, 2.0 * target_ratio - heads_removed))
 
 
 def prune_step(
@@ -106,12 +124,13 @@ def _top_indices(indices: tuple[int, ...], values: torch.Tensor, count: int) -> 
 
 
 def _select_heads(
-    scores: LayerScores, kept: LayerKept, count: int, group_size: int
+    scores: LayerScores, kept: LayerKept, count: int, group_size: int, nearest: bool = False
 ) -> tuple[int, ...]:
-    """Best valid head set of at most `count` query heads (the GQA rule in kept.py).
+    """Best valid head set of about `count` query heads (the GQA rule in kept.py).
 
-    Tries every (kept kv groups, query heads per group) pair whose product fits, keeps the
-    largest product and, among those, the highest retained score.
+    Tries every (kept kv groups, query heads per group) pair. By default the product must fit
+    under `count` and the largest wins; with `nearest` the product closest to `count` wins
+    (ties: the larger). Among equal products, the highest retained score.
     """
     groups = {kv: [h for h in kept.heads if h // group_size == kv] for kv in kept.kv_heads}
     per_group_now = len(kept.heads) // len(kept.kv_heads)
@@ -124,12 +143,17 @@ def _select_heads(
             value = float(scores.kv_heads[kv]) + float(scores.heads[list(top)].sum())
             group_choices.append((value, top))
         group_choices.sort(key=lambda item: -item[0])
-        n_groups = min(len(groups), count // per_group)
-        if n_groups == 0:
-            continue
-        chosen = group_choices[:n_groups]
-        key = (n_groups * per_group, sum(value for value, _ in chosen))
-        if best_key is None or key > best_key:
-            best_key = key
-            best_heads = tuple(sorted(h for _, top in chosen for h in top))
+        candidates = {min(len(groups), count // per_group)}
+        if nearest:
+            candidates.add(min(len(groups), -(-count // per_group)))
+        for n_groups in candidates:
+            if n_groups == 0:
+                continue
+            chosen = group_choices[:n_groups]
+            product = n_groups * per_group
+            fit = -abs(product - count) if nearest else 0
+            key = (fit, product, sum(value for value, _ in chosen))
+            if best_key is None or key > best_key:
+                best_key = key
+                best_heads = tuple(sorted(h for _, top in chosen for h in top))
     return best_heads
