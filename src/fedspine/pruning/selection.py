@@ -63,7 +63,7 @@ def select_groups_to_keep(
 
 
 def compensating_channel_ratio(target_ratio: float, heads_removed: float) -> float:
-    """Pure: the channel share whose mean with `heads_removed` is `target_ratio`, within [0, 0.99]."""
+    """Pure: the channel share whose mean with `heads_removed` is `target_ratio` (<= 0.99)."""
     return min(0.99, max(0.0, 2.0 * target_ratio - heads_removed))
 
 
