@@ -19,6 +19,7 @@ import tomllib
 
 from fedspine.bandit.reward import RewardWeights
 from fedspine.errors import ConfigError
+from fedspine.fleet.faults import parse_tier_factors
 from fedspine.fleet.profiles import parse_tiers
 from fedspine.methods.registry import method_names
 from fedspine.pruning.importance import IMPORTANCE
@@ -42,6 +43,12 @@ class RunSection:
     # comma-separated importable modules that register methods (each calls register_method);
     # imported wherever the config is validated, so simulation workers know them too
     method_modules: str = ""
+    # simulated seconds a round waits for replies (0 = no deadline); later replies are "late",
+    # not aggregated, and the round ends at the deadline. Under `flwr run`: a wall-clock timeout
+    round_deadline_s: float = 0.0
+    # fewest in-time, valid replies a round needs to be aggregated; below it the round is
+    # skipped (global state unchanged, the clock and the bandit still advance)
+    min_replies: int = 1
 
     @property
     def round_limit(self) -> int:
@@ -116,6 +123,10 @@ class FleetSection:
     low_power_factor: float = 0.6  # throughput multiplier in low-power mode
     round_noise: float = 0.1  # +-10% per-round throughput noise
     memory_usable_fraction: float = 0.5  # share of a board's shared CPU/GPU memory training may use
+    # seeded faults, per device and round (simulation only; 0 = off)
+    dropout_prob: float = 0.0  # unavailable for the round: never answers
+    crash_prob: float = 0.0  # dies part-way through the round without answering
+    fault_tier_factors: str = ""  # per-tier multiplier of both, e.g. "tx2:2.0,xavier-nx:1.5"
 
 
 @dataclass(frozen=True)
@@ -361,6 +372,22 @@ def validate(config: Config) -> None:
         "run.max_rounds must be 0 (= 3 x run.rounds) or >= run.rounds",
     )
     _check(run.clients_per_round >= 1, "run.clients_per_round must be >= 1")
+    _check(
+        math.isfinite(run.round_deadline_s) and run.round_deadline_s >= 0,
+        "run.round_deadline_s must be simulated seconds >= 0 (0 = no deadline)",
+    )
+    _check(
+        1 <= run.min_replies <= run.clients_per_round,
+        "run.min_replies must be between 1 and run.clients_per_round",
+    )
+    for name in ("dropout_prob", "crash_prob"):
+        value = getattr(config.fleet, name)
+        _check(math.isfinite(value) and 0.0 <= value <= 1.0, f"fleet.{name} must be in [0, 1]")
+    _check(
+        config.fleet.dropout_prob + config.fleet.crash_prob <= 1.0,
+        "fleet.dropout_prob + fleet.crash_prob must be <= 1",
+    )
+    parse_tier_factors(config.fleet.fault_tier_factors)
     _check(1 <= run.workers <= 64, "run.workers must be between 1 and 64")
     _check(config.fleet.num_devices >= 1, "fleet.num_devices must be >= 1")
     _check(0.0 < data.test_fraction < 1.0, "data.test_fraction must be in (0, 1)")

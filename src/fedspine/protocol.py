@@ -132,6 +132,37 @@ class Uplink:
 
 
 @dataclass(frozen=True)
+class DeviceCrash:
+    """A device whose app raised: the transport's error reply, no report of the device's own."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class NoReply:
+    """Nothing usable arrived from a device this round; what the server knows is when it gave up.
+
+    `status` is DROPPED (never answered), CRASHED (died mid-round) or LATE (answered after the
+    round's deadline); `waited_s` the simulated seconds the server spent waiting for it.
+    """
+
+    status: ReplyStatus
+    reason: str
+    waited_s: float = 0.0
+
+
+class ReplyStatus(str, enum.Enum):
+    """A participant's outcome in a round, as `rounds.jsonl` marks it."""
+
+    OK = "ok"  # arrived in time, valid, aggregated
+    FAILED = "failed"  # the device refused or failed its round and said so (e.g. over memory)
+    DROPPED = "dropped"  # unavailable: never answered
+    CRASHED = "crashed"  # died mid-round, or its app raised
+    LATE = "late"  # answered after the round's deadline: not aggregated
+    REJECTED = "rejected"  # arrived but malformed (shapes, non-finite values): not aggregated
+
+
+@dataclass(frozen=True)
 class ParticipantOutcome:
     """What the server made of one participant's reply: planners and the run record read it."""
 
@@ -139,12 +170,16 @@ class ParticipantOutcome:
     device_id: int
     tier: str
     report: DeviceReport
-    crashed: bool = False  # the device's app raised: no report of its own
+    status: ReplyStatus = ReplyStatus.OK
     update_norm: float = 0.0  # ||this round's LoRA change|| (reward's importance term)
 
     @property
     def ok(self) -> bool:
-        return self.report.ok
+        return self.status is ReplyStatus.OK and self.report.ok
+
+    @property
+    def crashed(self) -> bool:
+        return self.status is ReplyStatus.CRASHED
 
     def to_row(self, reward: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The participant's line in rounds.jsonl (`prune_ratio` = the reached sparsity)."""
@@ -157,7 +192,8 @@ class ParticipantOutcome:
             "time_s": report.time_s,
             "bytes_up": report.bytes_up,
             "bytes_down": report.bytes_down,
-            "ok": report.ok,
+            "ok": self.ok,
+            "status": self.status.value,
             "loss_before": report.loss_before,
             "loss_after": report.loss_after,
             "train_memory_mb": report.train_memory_mb,

@@ -25,7 +25,14 @@ from fedspine.config import Config, config_to_dict, load_config
 from fedspine.errors import ConfigError, FedspineError
 from fedspine.flower import records
 from fedspine.logs import QUIET_LOGGERS, quiet_logs
-from fedspine.protocol import Downlink, ProbeRequest, Registration
+from fedspine.protocol import (
+    DeviceCrash,
+    Downlink,
+    NoReply,
+    ProbeRequest,
+    Registration,
+    ReplyStatus,
+)
 from fedspine.report.progress import RunProgress
 from fedspine.resources import load_resources
 from fedspine.run_dir import (
@@ -36,7 +43,7 @@ from fedspine.run_dir import (
     new_run_dir,
     run_dir_path,
 )
-from fedspine.server.core import DeviceCrash, Reply
+from fedspine.server.core import Reply
 from fedspine.server.run import run_federation
 
 NODE_WAIT_S = 120.0
@@ -54,9 +61,14 @@ def wait_for_nodes(grid: Grid, count: int) -> list[int]:
 class GridChannel:
     """The run driver's `DeviceChannel` over a Flower Grid: typed messages in and out."""
 
-    def __init__(self, grid: Grid, config: Config) -> None:
+    def __init__(self, grid: Grid, config: Config, wall_deadline: bool = False) -> None:
+        """`wall_deadline`: run.round_deadline_s is also a wall-clock timeout on each round's
+        send_and_receive (the Deployment Engine: real devices can hang; in-process simulation
+        keeps the deadline on the simulated clock only)."""
         self.grid, self.num_devices = grid, config.fleet.num_devices
         self.config_json = json.dumps(config_to_dict(config), sort_keys=True)
+        deadline = config.run.round_deadline_s
+        self.timeout = deadline if wall_deadline and deadline > 0 else None
 
     def register(self, request: ProbeRequest) -> dict[int, Registration]:
         content = records.encode_query(self.config_json, request)
@@ -81,12 +93,15 @@ class GridChannel:
             for node, downlink in downlinks.items()
         ]
         replies: dict[int, Reply] = {}
-        for reply in self.grid.send_and_receive(messages):
+        for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
             node = reply.metadata.src_node_id
             if reply.has_error():
                 replies[node] = DeviceCrash(str(reply.error.reason))
             else:
                 replies[node] = records.decode_uplink(reply.content)
+        for node in downlinks.keys() - replies.keys():  # nothing before the timeout
+            reason = f"no reply within the {self.timeout:g} s wall-clock deadline"
+            replies[node] = NoReply(ReplyStatus.LATE, reason, waited_s=self.timeout or 0.0)
         return replies
 
 
@@ -173,7 +188,7 @@ def main(grid: Grid, context: Context) -> None:
     )
     run_dir = new_run_dir(config, out)
     try:
-        summary = run_federation(GridChannel(grid, config), config, run_dir)
+        summary = run_federation(GridChannel(grid, config, wall_deadline=True), config, run_dir)
     except BaseException:
         kept = abandon_run(run_dir)
         log(

@@ -70,6 +70,7 @@ class BanditPlanner:
         self.median_time: float | None = None
         self.warmup_share = config.pruning.warmup_share
         self.participation_rate = min(1.0, config.run.clients_per_round / num_devices)
+        self.deadline_s = config.run.round_deadline_s  # a reply after it is lost (late)
 
     def observe_probe(
         self, probes: dict[int, ProbeResult], step_flops: float, round_bytes: int
@@ -96,10 +97,13 @@ class BanditPlanner:
         speed = self.speeds.get(node)
         if not self.time_model or speed is None or self.work is None or not self.median_time:
             return None
-        work, median = self.work, self.median_time
+        work, median, deadline = self.work, self.median_time, self.deadline_s
+        miss = -failed_reward(self.weights).total  # an arm predicted to miss the deadline fails
 
         def cost(prune_ratio: float, rank: int) -> float:
             seconds = predicted_time_s(speed, work, sparsity_before, prune_ratio, rank)
+            if deadline > 0 and seconds > deadline:
+                return miss
             return time_penalty(seconds / median, self.weights)
 
         return cost

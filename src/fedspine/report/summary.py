@@ -128,6 +128,8 @@ def build_summary(
         "mean_param_sparsity": statistics.fmean(d["param_sparsity"] for d in devices),
         "comm_bytes": comm,
         "failed_device_rounds": sum(not p["ok"] for r in rows for p in r["participants"]),
+        "reply_outcomes": reply_outcomes(rows),
+        "skipped_rounds": sum(bool(r.get("skipped")) for r in rows),
         "peak_rss_mb": peak_rss_mb,
         "framework_overhead_share": framework_overhead_share(rows, config.run.workers),
         # {"framework": outside device handlers and evaluation, "device_setup": handler work
@@ -137,3 +139,13 @@ def build_summary(
         "devices": devices,
         "fleet": fleet_to_dict(res.fleet_spec, res.fleet),
     }
+
+
+def reply_outcomes(rows: list[dict]) -> dict[str, int]:
+    """How every participant's round ended, over the run (ok, failed, dropped, crashed, ...)."""
+    totals: dict[str, int] = {}
+    for row in rows:
+        for participant in row["participants"]:
+            status = participant.get("status", "ok" if participant["ok"] else "failed")
+            totals[status] = totals.get(status, 0) + 1
+    return totals

@@ -20,14 +20,18 @@ from fedspine.lora.aggregation import LoraUpload
 from fedspine.methods.base import DeviceView, Planner
 from fedspine.methods.registry import MethodSpec
 from fedspine.protocol import (
+    DeviceCrash,
     DeviceReport,
     Downlink,
+    NoReply,
     ParticipantOutcome,
     Registration,
+    ReplyStatus,
     Uplink,
 )
 from fedspine.pruning import KeptIndices, ModelScores
 from fedspine.pruning.fleet_importance import ScoreReport, pool_scores
+from fedspine.server.validation import uplink_problem
 
 # A device's kept map -> per LoRA module its kept output rows / input cols (None = all).
 Coordinates = Callable[[KeptIndices], tuple[dict, dict]]
@@ -49,14 +53,7 @@ class DeviceRecord:
         return DeviceView(self.node_id, self.sparsity, self.rounds_seen, self.last_rank, self.tier)
 
 
-@dataclass(frozen=True)
-class DeviceCrash:
-    """A device whose app raised (or that the transport lost): the reason, no report."""
-
-    reason: str
-
-
-Reply = Uplink | DeviceCrash
+Reply = Uplink | DeviceCrash | NoReply
 
 
 @dataclass(frozen=True)
@@ -70,22 +67,43 @@ class _InFlight:
 
 @dataclass(frozen=True)
 class RoundOutcome:
-    """One absorbed round: each participant (device-id order) and its reward log."""
+    """One absorbed round: each participant (device-id order) and its reward log.
+
+    `skipped`: fewer than `run.min_replies` valid replies arrived in time, so nothing of the
+    round was aggregated or recorded (the clock and the bandit still advanced).
+    """
 
     participants: list[ParticipantOutcome]
     rewards: list[dict]
+    skipped: bool = False
+    app_errors: int = 0  # participants whose app raised (a bug, not the network)
 
     @property
-    def all_crashed(self) -> bool:
-        return bool(self.participants) and all(p.crashed for p in self.participants)
+    def all_raised(self) -> bool:
+        return bool(self.participants) and self.app_errors == len(self.participants)
 
     @property
     def time_s(self) -> float:
-        """Synchronous round: the slowest participant's time."""
+        """Synchronous round: the slowest participant's time (or the time waited for it)."""
         return max((p.report.time_s for p in self.participants), default=0.0)
+
+    def status_counts(self) -> dict[str, int]:
+        counts = {status.value: 0 for status in ReplyStatus}
+        for participant in self.participants:
+            counts[participant.status.value] += 1
+        return counts
 
     def rows(self) -> list[dict]:
         return [p.to_row(r) for p, r in zip(self.participants, self.rewards, strict=True)]
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    """A valid in-time reply, held until the round is known to be aggregated."""
+
+    uplink: Uplink
+    upload: LoraUpload
+    scores: ScoreReport | None
 
 
 class Server:
@@ -182,45 +200,76 @@ class Server:
 
     # -- absorbing replies ----------------------------------------------------------------------
     def absorb(self, round_num: int, replies: Mapping[int, Reply]) -> RoundOutcome:
-        """Update records from the replies, reward the planner, aggregate, pool scores."""
+        """Classify every reply, reward the planner, and (with enough valid replies in time)
+        update records, aggregate and pool scores; a missing, late or malformed reply never
+        touches the global state."""
         outcomes: list[ParticipantOutcome] = []
-        uploads: list[LoraUpload] = []
-        score_reports: list[ScoreReport] = []
+        accepted: dict[int, _Accepted] = {}
+        app_errors = 0
         for node in self.in_device_order(replies):
-            outcome, upload, scores = self._absorb_one(node, replies[node])
+            reply = replies[node]
+            app_errors += isinstance(reply, DeviceCrash)
+            outcome, kept = self._classify(node, reply)
             outcomes.append(outcome)
-            if upload is not None:
-                uploads.append(upload)
-            if scores is not None:
-                score_reports.append(scores)
+            if kept is not None:
+                accepted[node] = kept
+        skipped = len(accepted) < self.config.run.min_replies
+        if skipped:  # the planner still learns from every reply, but nothing is kept
+            accepted = {}
         rewards = self.planner.observe(round_num, outcomes)
-        self.global_lora.aggregate(uploads)
+        for node, item in accepted.items():
+            self._record(node, item.uplink)
+        self.global_lora.aggregate([item.upload for item in accepted.values()])
         if self.shares_importance:
+            reports = [item.scores for item in accepted.values() if item.scores is not None]
             self.fleet_scores = pool_scores(
-                self.fleet_scores, score_reports, self.config.pruning.fleet_momentum
+                self.fleet_scores, reports, self.config.pruning.fleet_momentum
             )
-        return RoundOutcome(outcomes, rewards)
+        return RoundOutcome(outcomes, rewards, skipped, app_errors)
 
-    def _absorb_one(
-        self, node: int, reply: Reply
-    ) -> tuple[ParticipantOutcome, LoraUpload | None, ScoreReport | None]:
+    def _classify(self, node: int, reply: Reply) -> tuple[ParticipantOutcome, _Accepted | None]:
+        """What the reply is (ok, failed, dropped, crashed, late, rejected), read-only."""
         record = self.devices[node]
         sent = self._in_flight.pop(node, None)
+        deadline = self.config.run.round_deadline_s
+
+        def outcome(status: ReplyStatus, report: DeviceReport, norm: float = 0.0):
+            return ParticipantOutcome(
+                node, record.device_id, record.tier, report, status, update_norm=norm
+            )
+
         if isinstance(reply, DeviceCrash):  # logged (last line of the error), not aggregated
             lines = [line for line in reply.reason.splitlines() if line.strip()]
             report = DeviceReport(ok=False, error=lines[-1] if lines else "unknown error")
-            crashed = ParticipantOutcome(node, record.device_id, record.tier, report, crashed=True)
-            return crashed, None, None
-        record.rounds_seen += 1
+            return outcome(ReplyStatus.CRASHED, report), None
+        if isinstance(reply, NoReply):  # with a deadline the server waited all of it
+            waited = deadline if deadline > 0 else reply.waited_s
+            missing = DeviceReport(ok=False, error=reply.reason, time_s=waited)
+            return outcome(reply.status, missing), None
         report = reply.report
+        if deadline > 0 and report.time_s > deadline:
+            error = f"replied after {report.time_s:.1f} s, past the {deadline:g} s deadline"
+            late = DeviceReport(ok=False, error=error, time_s=deadline)
+            return outcome(ReplyStatus.LATE, late), None
         if not report.ok:
-            return ParticipantOutcome(node, record.device_id, record.tier, report), None, None
+            record.rounds_seen += 1
+            return outcome(ReplyStatus.FAILED, report), None
+        sent_rank = max((f.A.shape[0] for f in sent.factors.values()), default=0) if sent else 0
+        problem = uplink_problem(
+            reply,
+            record.kept,
+            self.global_lora.factors,
+            self.global_lora.head,
+            self.coordinates,
+            sent_rank or self.global_lora.max_rank,
+        )
+        if problem:
+            rejected = replace(report, ok=False, error=f"rejected: {problem}")
+            return outcome(ReplyStatus.REJECTED, rejected), None
         scores = None
         if reply.scores is not None:  # scored on the structures it had at round start
             scores = ScoreReport(reply.scores, record.kept, float(report.num_examples))
-        record.kept, record.sparsity = reply.kept, report.sparsity
-        record.last_rank = report.lora_rank
-        rows, cols = self.coordinates(record.kept)
+        rows, cols = self.coordinates(reply.kept)
         upload = LoraUpload(
             reply.factors,
             rows,
@@ -232,8 +281,14 @@ class Server:
             received_cols=sent.cols if sent else None,
         )
         norm = update_norm(self.global_lora, upload)
-        outcome = ParticipantOutcome(node, record.device_id, record.tier, report, update_norm=norm)
-        return outcome, upload, scores
+        return outcome(ReplyStatus.OK, report, norm), _Accepted(reply, upload, scores)
+
+    def _record(self, node: int, uplink: Uplink) -> None:
+        """An aggregated reply's structure becomes the device's record."""
+        record = self.devices[node]
+        record.rounds_seen += 1
+        record.kept, record.sparsity = uplink.kept, uplink.report.sparsity
+        record.last_rank = uplink.report.lora_rank
 
     # -- the run's end ---------------------------------------------------------------------------
     def records(self) -> list[DeviceRecord]:

@@ -21,6 +21,8 @@ from fedspine.evaluation import (
     rows_cols,
 )
 from fedspine.fleet.cost import training_flops
+from fedspine.fleet.faults import fault_spec_from
+from fedspine.fleet.unreliable import UnreliableChannel
 from fedspine.global_state import GlobalLora
 from fedspine.lora.peft_io import attach_lora, get_head_state, get_lora_factors
 from fedspine.methods.registry import MethodSpec, get_method
@@ -39,6 +41,8 @@ from fedspine.resources import RunResources, load_resources
 from fedspine.run_dir import RunDirectory
 from fedspine.server.core import Reply, RoundOutcome, Server
 
+ABORT_AFTER_RAISED_ROUNDS = 2
+
 
 class DeviceChannel(Protocol):
     """How the server reaches its devices (Flower's Grid in practice; a fake in tests)."""
@@ -48,7 +52,8 @@ class DeviceChannel(Protocol):
         ...
 
     def train(self, downlinks: dict[int, Downlink]) -> dict[int, Reply]:
-        """Deliver one round's down-links; every addressed node's reply or crash."""
+        """Deliver one round's down-links; for every addressed node its reply, its crash, or
+        a `NoReply` saying what the transport knows (nothing arrived by the deadline)."""
         ...
 
 
@@ -130,14 +135,20 @@ class _RoundLoop:
         self.sim_s = 0.0
         self.wall_s = 0.0
         self.rows: list[dict] = []
+        self.raised_rounds = 0  # consecutive rounds in which every participant's app raised
 
     def train(self, round_num: int, downlinks: dict[int, Downlink], **marks: Any) -> None:
         start = time.perf_counter()
         replies = self.channel.train(downlinks)
         outcome = self.server.absorb(round_num, replies)
-        if outcome.all_crashed:
+        # Devices that fail are the setting; every app raising twice running is a bug.
+        self.raised_rounds = self.raised_rounds + 1 if outcome.all_raised else 0
+        if self.raised_rounds >= ABORT_AFTER_RAISED_ROUNDS:
             first = outcome.participants[0].report.error
-            raise RuntimeError(f"every device crashed in round {round_num}: {first}")
+            raise RuntimeError(
+                f"every device's app raised in {self.raised_rounds} rounds running "
+                f"(round {round_num}): {first}"
+            )
         train_done = time.perf_counter()
         metrics = evaluate_round(self.res, self.server, outcome)
         self.sim_s += outcome.time_s
@@ -151,7 +162,10 @@ class _RoundLoop:
             "round_wall_s": time.perf_counter() - start,
             "eval_wall_s": time.perf_counter() - train_done,
             "participants": outcome.rows(),
+            "outcomes": outcome.status_counts(),
         }
+        if outcome.skipped:
+            row["skipped"] = True
         if "evaluated_devices" in metrics:
             row["evaluated_devices"] = metrics["evaluated_devices"]
         self.progress.round_done(row)
@@ -214,6 +228,9 @@ def run_federation(
     """The whole run; returns the summary (the caller writes it into the run directory)."""
     progress = progress or NullProgress()
     started = time.perf_counter()
+    faults = fault_spec_from(config.fleet, config.run.seed)
+    if faults.active:  # the simulated fleet's dropouts and crashes (fleet.dropout_prob, ...)
+        channel = UnreliableChannel(channel, faults)
     progress.phase("loading model and data")
     res = load_resources(json.dumps(config_to_dict(config), sort_keys=True))
     method = get_method(config.run.method)
