@@ -6,7 +6,15 @@ import pytest
 
 from fedspine.config import load_config
 from fedspine.errors import ConfigError
-from fedspine.fleet.faults import Fault, FaultSpec, fault_at, fault_spec_from, parse_tier_factors
+from fedspine.fleet.faults import (
+    AvailabilitySpec,
+    Fault,
+    FaultSpec,
+    fault_at,
+    fault_spec_from,
+    is_away,
+    parse_tier_factors,
+)
 from fedspine.fleet.unreliable import UnreliableChannel
 from fedspine.protocol import (
     DevicePlan,
@@ -79,6 +87,9 @@ class _Channel:
     def register(self, request: ProbeRequest) -> dict[int, Registration]:
         return {100 + d: Registration(d, "tx2" if d < 5 else "agx-xavier") for d in range(10)}
 
+    def present(self, round_num: int):
+        return None
+
     def train(self, downlinks):
         self.sent.append(set(downlinks))
         return {n: Uplink(DeviceReport(ok=True, time_s=10.0)) for n in downlinks}
@@ -107,3 +118,26 @@ def test_unreliable_channel_never_sends_to_dropped_devices_and_hides_crashed_rep
             assert isinstance(reply, Uplink)
     statuses = {type(r).__name__ for r in replies.values()}
     assert statuses == {"NoReply", "Uplink"}  # this seed draws both kinds among 10 devices
+
+
+def test_late_joiners_register_at_their_round_and_away_devices_are_not_present():
+    availability = AvailabilitySpec(
+        5, num_devices=10, away_share=0.3, arriving_devices=3, arrival_round=4
+    )
+    channel = UnreliableChannel(_Channel(), FaultSpec(5), availability)
+    first = channel.register(ProbeRequest(None, 1))
+    assert sorted(r.device_id for r in first.values()) == list(range(7))
+    assert channel.register(ProbeRequest(None, 3)) == {}
+    joined = channel.register(ProbeRequest(None, 4))
+    assert sorted(r.device_id for r in joined.values()) == [7, 8, 9]
+    assert channel.register(ProbeRequest(None, 5)) == {}
+    shares = []
+    for round_num in range(1, 41):
+        present = channel.present(round_num)
+        ids = {channel.identity[n][0] for n in present}
+        assert ids == {d for d in range(10) if not is_away(availability, d, round_num)}
+        if round_num >= 4:
+            shares.append(1 - len(ids) / 10)
+        else:
+            assert not ids & {7, 8, 9}
+    assert sum(shares) / len(shares) == pytest.approx(0.3, abs=0.08)

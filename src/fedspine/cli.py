@@ -40,7 +40,8 @@ PresetOpt = Annotated[
     typer.Option(
         "--preset",
         "-p",
-        help="smoke (CI-sized, <1 min), default (80 devices, the main job), paper (larger, longer)",
+        help="smoke (CI-sized, <1 min), default (80 devices, the main job), paper (larger, "
+        "longer), llm-smoke (SmolLM2 instruction tuning, CI-sized), llm (8 devices, 30% sparsity)",
     ),
 ]
 ConfigOpt = Annotated[
@@ -79,11 +80,23 @@ def run(
     set_: SetOpt = None,
     out: OutOpt = None,
     seed: SeedOpt = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="continue the interrupted run in this directory (its --out, or the "
+            "<out>.partial/ it left) from its last finished round, with its own config; "
+            "the result equals the uninterrupted run",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run one federated fine-tuning job on the simulated device fleet.
 
     Writes config.toml, rounds.jsonl, summary.json, accuracy_vs_time.png and
     device_configs.png into the run directory (atomically: it appears when complete).
+    A checkpoint after every round lets an interrupted run (Ctrl-C, a kill, a crash)
+    continue with --resume.
     """
     from fedspine.flower.simulation import simulate
     from fedspine.report.progress import RichProgress
@@ -91,14 +104,40 @@ def run(
     extra = ([f"run.method={method}"] if method is not None else []) + (
         [f"run.seed={seed}"] if seed is not None else []
     )
-    cfg = _config(preset, config, set_, extra)
+    if resume is not None:
+        out, cfg = _resume_target(resume, out, method, preset, config, set_, seed)
+    else:
+        cfg = _config(preset, config, set_, extra)
     progress = RichProgress(cfg.run.method, console)
     try:
-        run_dir = simulate(cfg, out, progress)
+        run_dir = simulate(cfg, out, progress, resume=resume is not None)
     finally:
         progress.close()
     summary = json.loads((run_dir / "summary.json").read_text())
     _print_summary(summary, run_dir)
+
+
+def _resume_target(resume: Path, out, method, preset, config, sets, seed):
+    """(out, config) of the run to resume; settings given beside --resume must match it."""
+    from fedspine.config import config_to_dict
+    from fedspine.errors import ConfigError
+    from fedspine.run_dir import resumable_run
+    from fedspine.server.checkpoint import config_differences
+
+    if out is not None:
+        raise ConfigError("--resume names the run directory; drop --out")
+    target, saved = resumable_run(resume)
+    given = [f"run.method={method}"] if method is not None else []
+    given += [f"run.seed={seed}"] if seed is not None else []
+    if config is not None or sets or given or preset != "default":
+        asked = _config(preset, config, sets, given)
+        diffs = config_differences(config_to_dict(saved), config_to_dict(asked))
+        if diffs:
+            raise ConfigError(
+                f"the settings differ from the interrupted run's ({'; '.join(diffs[:3])}); "
+                "drop them to resume with the run's own config.toml"
+            )
+    return target, saved
 
 
 def _print_summary(summary: dict, run_dir: Path) -> None:

@@ -29,7 +29,14 @@ from fedspine.report.comparison import (
 )
 from fedspine.report.final_state import DEVICES_FILE
 from fedspine.report.progress import NullProgress, RunProgress
-from fedspine.report.record import CONFIG_FILE, SUMMARY_FILE, read_rounds, read_summary
+from fedspine.report.record import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    read_rounds,
+    read_summary,
+)
+from fedspine.run_dir import partial_path
 
 
 def default_methods() -> tuple[str, ...]:
@@ -74,6 +81,11 @@ def method_config(config: Config, method: str) -> Config:
 
 def _flat(values: dict) -> dict[str, object]:
     return {f"{s}.{k}": v for s, section in values.items() for k, v in section.items()}
+
+
+def is_interrupted_run(run_dir: Path) -> bool:
+    """A method run that stopped after a checkpoint: `<run_dir>.partial/checkpoint.pt`."""
+    return (partial_path(run_dir) / CHECKPOINT_FILE).is_file()
 
 
 def is_finished_run(run_dir: Path) -> bool:
@@ -193,8 +205,9 @@ def _run_one(
     from fedspine.flower.simulation import simulate  # imports Ray: only when a run starts
 
     progress = make_progress(config.run.method)
+    resume = is_interrupted_run(run_dir)  # an interrupted compare continues where it stopped
     try:
-        return simulate(config, run_dir, progress)
+        return simulate(config, run_dir, progress, resume=resume)
     finally:
         close = getattr(progress, "close", None)
         if close is not None:

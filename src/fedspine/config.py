@@ -127,6 +127,12 @@ class FleetSection:
     dropout_prob: float = 0.0  # unavailable for the round: never answers
     crash_prob: float = 0.0  # dies part-way through the round without answering
     fault_tier_factors: str = ""  # per-tier multiplier of both, e.g. "tx2:2.0,xavier-nx:1.5"
+    # a changing population (simulation only; 0 = off): each device is away (not connected,
+    # not sampled) with this chance per round, and the last `arriving_devices` device ids join
+    # only before `arrival_round` (0 = half-way: run.rounds // 2 + 1)
+    away_share: float = 0.0
+    arriving_devices: int = 0
+    arrival_round: int = 0
 
 
 @dataclass(frozen=True)
@@ -388,6 +394,16 @@ def validate(config: Config) -> None:
         "fleet.dropout_prob + fleet.crash_prob must be <= 1",
     )
     parse_tier_factors(config.fleet.fault_tier_factors)
+    fleet = config.fleet
+    _check(
+        math.isfinite(fleet.away_share) and 0.0 <= fleet.away_share < 1.0,
+        "fleet.away_share must be in [0, 1)",
+    )
+    _check(
+        0 <= fleet.arriving_devices < fleet.num_devices,
+        "fleet.arriving_devices must be >= 0 and below fleet.num_devices",
+    )
+    _check(fleet.arrival_round >= 0, "fleet.arrival_round must be >= 0 (0 = half-way)")
     _check(1 <= run.workers <= 64, "run.workers must be between 1 and 64")
     _check(config.fleet.num_devices >= 1, "fleet.num_devices must be >= 1")
     _check(0.0 < data.test_fraction < 1.0, "data.test_fraction must be in (0, 1)")

@@ -81,9 +81,14 @@ class DeviceReport:
 
 @dataclass(frozen=True)
 class ProbeRequest:
-    """Registration: with `step_flops`, the device times one step of that size and a transfer."""
+    """Registration: with `step_flops`, the device times one step of that size and a transfer.
+
+    `round_num` is the round before which the device registers (1 at the start; later for a
+    device that joins mid-run).
+    """
 
     step_flops: float | None = None
+    round_num: int = 1
 
 
 @dataclass(frozen=True)

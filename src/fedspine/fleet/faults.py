@@ -1,4 +1,5 @@
-"""Seeded device faults of the simulated fleet: who drops out or crashes in which round.
+"""Seeded device faults and availability of the simulated fleet: who drops out or crashes in
+which round, who is away, and who joins late.
 
 Like the clock, every draw is a pure function of (seed, device id, round), so the simulated
 network, a resumed run and a test all see the same faults without sharing state. Off by
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedspine.errors import ConfigError
-from fedspine.fleet.profiles import STREAM_FAULT
+from fedspine.fleet.profiles import STREAM_CHURN, STREAM_FAULT
 
 if TYPE_CHECKING:
     from fedspine.config import FleetSection
@@ -102,4 +103,41 @@ def fault_spec_from(section: FleetSection, seed: int) -> FaultSpec:
         section.dropout_prob,
         section.crash_prob,
         parse_tier_factors(section.fault_tier_factors),
+    )
+
+
+@dataclass(frozen=True)
+class AvailabilitySpec:
+    """A changing population: a share away each round, and late joiners (the last ids)."""
+
+    seed: int
+    num_devices: int
+    away_share: float = 0.0
+    arriving_devices: int = 0
+    arrival_round: int = 1
+
+    @property
+    def active(self) -> bool:
+        return self.away_share > 0.0 or self.arriving_devices > 0
+
+    def arrival_of(self, device_id: int) -> int:
+        """The first round the device is part of the fleet (1 = from the start)."""
+        return self.arrival_round if device_id >= self.num_devices - self.arriving_devices else 1
+
+
+def is_away(spec: AvailabilitySpec, device_id: int, round_num: int) -> bool:
+    """Pure: the device is not connected in `round_num` (not yet arrived, or away)."""
+    if round_num < spec.arrival_of(device_id):
+        return True
+    if spec.away_share <= 0.0:
+        return False
+    entropy = [int(spec.seed), STREAM_CHURN, int(device_id), int(round_num)]
+    return bool(np.random.default_rng(np.random.SeedSequence(entropy)).random() < spec.away_share)
+
+
+def availability_spec_from(section: FleetSection, seed: int, rounds: int) -> AvailabilitySpec:
+    """The config's fleet section -> the population model (`arrival_round` 0 = half-way)."""
+    arrival = section.arrival_round or rounds // 2 + 1
+    return AvailabilitySpec(
+        seed, section.num_devices, section.away_share, section.arriving_devices, arrival
     )

@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from fedspine.device_round import run_device_round
+from fedspine.device_state import DeviceStateStore
 from fedspine.fleet.clock import conditions_at
 from fedspine.fleet.probe import simulate_probe
 from fedspine.flower import records
@@ -52,21 +54,35 @@ def describe(msg: Message, context: Context) -> Message:
     request = records.decode_query(msg.content)
     probe = None
     if request.step_flops is not None:  # time one step and a transfer (simulated clock)
-        conditions = conditions_at(device, res.fleet_spec, 1)
+        conditions = conditions_at(device, res.fleet_spec, request.round_num)
         probe = simulate_probe(request.step_flops, conditions, device.latency_s)
     registration = Registration.with_probe(device.device_id, device.tier, probe)
     return Message(content=records.encode_registration(registration), reply_to=msg)
 
 
-def _load_scores(context: Context) -> ModelScores | None:
-    """The device's smoothed importance from earlier rounds (node state)."""
+def _state_store(msg: Message, context: Context, device_id: int) -> DeviceStateStore | None:
+    """The device's own storage: the run's folder in simulation, `state-dir` on a SuperNode."""
+    folder = records.device_state_dir(msg.content) or str(context.node_config.get("state-dir", ""))
+    return DeviceStateStore(Path(folder), device_id) if folder else None
+
+
+def _load_scores(context: Context, store: DeviceStateStore | None, round_num: int):
+    """The device's smoothed importance from earlier rounds (its storage, else node state)."""
+    if store is not None:
+        return store.load(round_num)
     if SCORES not in context.state:
         return None
     return tensors_to_scores(context.state[SCORES].to_torch_state_dict())
 
 
-def _store_scores(context: Context, scores: ModelScores | None) -> None:
-    if scores is not None:
+def _store_scores(
+    context: Context, store: DeviceStateStore | None, round_num: int, scores: ModelScores | None
+) -> None:
+    if scores is None:
+        return
+    if store is not None:
+        store.save(round_num, scores)
+    else:
         context.state[SCORES] = ArrayRecord(torch_state_dict=scores_to_tensors(scores))
 
 
@@ -78,8 +94,11 @@ def train(msg: Message, context: Context) -> Message:
     res, device = _device(msg, context)
     downlink = records.decode_downlink(msg.content)
     # 2. Train and prune locally, costed on the simulated clock.
-    result = run_device_round(res, device, downlink, prior_scores=_load_scores(context))
-    _store_scores(context, result.carried_scores)
+    store = _state_store(msg, context, device.device_id)
+    round_num = downlink.plan.round_num
+    prior = _load_scores(context, store, round_num)
+    result = run_device_round(res, device, downlink, prior_scores=prior)
+    _store_scores(context, store, round_num, result.carried_scores)
     # 3. Reply: LoRA in the device's own coordinates and rank, its kept map and its report.
     report = dataclasses.replace(result.uplink.report, handler_wall_s=time.perf_counter() - start)
     uplink = dataclasses.replace(result.uplink, report=report)

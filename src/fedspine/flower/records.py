@@ -36,6 +36,7 @@ HEAD = "head"  # ArrayRecord: the task head's weights
 IMPORTANCE = "importance"  # ArrayRecord: group scores (down: fleet prior; up: device EMA)
 
 CONFIG_JSON = "config_json"
+STATE_DIR = "device_state_dir"  # in RUN: where simulated devices keep their state ("" = none)
 KEPT_JSON = "kept_json"
 
 
@@ -60,6 +61,11 @@ def _read_scores(content: RecordDict) -> ModelScores | None:
 
 def run_config(content: RecordDict) -> str:
     return str(content[RUN][CONFIG_JSON])
+
+
+def device_state_dir(content: RecordDict) -> str:
+    """The folder a simulated device keeps its state in ("" when the message names none)."""
+    return str(content[RUN].get(STATE_DIR, ""))
 
 
 def encode_query(config_json: str, request: ProbeRequest) -> RecordDict:
@@ -108,9 +114,9 @@ def _decode(content: RecordDict) -> tuple:
     )
 
 
-def encode_downlink(config_json: str, downlink: Downlink) -> RecordDict:
+def encode_downlink(config_json: str, downlink: Downlink, state_dir: str = "") -> RecordDict:
     scalars = {
-        RUN: ConfigRecord({CONFIG_JSON: config_json}),
+        RUN: ConfigRecord({CONFIG_JSON: config_json, STATE_DIR: state_dir}),
         PLAN: ConfigRecord(to_record(downlink.plan)),
     }
     return _encode(scalars, downlink.kept, downlink.factors, downlink.head, downlink.fleet_prior)

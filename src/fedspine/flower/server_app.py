@@ -34,6 +34,7 @@ from fedspine.protocol import (
     ReplyStatus,
 )
 from fedspine.report.progress import RunProgress
+from fedspine.report.record import DEVICE_STATE_DIR
 from fedspine.resources import load_resources
 from fedspine.run_dir import (
     RunDirectory,
@@ -59,46 +60,82 @@ def wait_for_nodes(grid: Grid, count: int) -> list[int]:
 
 
 class GridChannel:
-    """The run driver's `DeviceChannel` over a Flower Grid: typed messages in and out."""
+    """The run driver's `DeviceChannel` over a Flower Grid: typed messages in and out.
 
-    def __init__(self, grid: Grid, config: Config, wall_deadline: bool = False) -> None:
+    Devices are addressed by the device id they announce at registration, not by Flower's
+    node id (random per SuperNode start): a resumed run, on a fresh simulation engine or
+    after SuperNodes reconnect, finds each device's record again.
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        config: Config,
+        wall_deadline: bool = False,
+        device_state_dir: Path | None = None,
+    ) -> None:
         """`wall_deadline`: run.round_deadline_s is also a wall-clock timeout on each round's
         send_and_receive (the Deployment Engine: real devices can hang; in-process simulation
-        keeps the deadline on the simulated clock only)."""
+        keeps the deadline on the simulated clock only). `device_state_dir`: the storage of
+        simulated devices (inside the run directory, so it survives a resume)."""
+        self.state_dir = str(device_state_dir) if device_state_dir is not None else ""
         self.grid, self.num_devices = grid, config.fleet.num_devices
         self.config_json = json.dumps(config_to_dict(config), sort_keys=True)
         deadline = config.run.round_deadline_s
         self.timeout = deadline if wall_deadline and deadline > 0 else None
+        self.nodes: dict[int, int] = {}  # device id -> Flower node id
 
     def register(self, request: ProbeRequest) -> dict[int, Registration]:
+        """The first call waits for the fleet and registers every node; later calls register
+        only nodes that connected since (devices joining mid-run)."""
+        if self.nodes:
+            known = set(self.nodes.values())
+            nodes = [n for n in sorted(self.grid.get_node_ids()) if n not in known]
+        else:
+            nodes = wait_for_nodes(self.grid, self.num_devices)
+        if not nodes:
+            return {}
         content = records.encode_query(self.config_json, request)
         messages = [
-            Message(content=content, message_type="query", dst_node_id=node)
-            for node in wait_for_nodes(self.grid, self.num_devices)
+            Message(content=content, message_type="query", dst_node_id=node) for node in nodes
         ]
         registrations = {}
         for reply in self.grid.send_and_receive(messages):
             if reply.has_error():
                 raise RuntimeError(f"device registration failed: {reply.error.reason}")
-            registrations[reply.metadata.src_node_id] = records.decode_registration(reply.content)
+            registration = records.decode_registration(reply.content)
+            node = reply.metadata.src_node_id
+            if self.nodes.get(registration.device_id, node) != node:
+                raise ConfigError(
+                    f"two SuperNodes announce device {registration.device_id}; give each "
+                    "SuperNode its own partition-id"
+                )
+            self.nodes[registration.device_id] = node
+            registrations[registration.device_id] = registration
         return registrations
+
+    def present(self, round_num: int) -> set[int]:
+        """Registered devices whose SuperNode is connected now."""
+        connected = set(self.grid.get_node_ids())
+        return {device for device, node in self.nodes.items() if node in connected}
 
     def train(self, downlinks: dict[int, Downlink]) -> dict[int, Reply]:
         messages = [
             Message(
-                content=records.encode_downlink(self.config_json, downlink),
+                content=records.encode_downlink(self.config_json, downlink, self.state_dir),
                 message_type="train",
-                dst_node_id=node,
+                dst_node_id=self.nodes[device],
             )
-            for node, downlink in downlinks.items()
+            for device, downlink in downlinks.items()
         ]
+        devices = {node: device for device, node in self.nodes.items()}
         replies: dict[int, Reply] = {}
         for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
-            node = reply.metadata.src_node_id
+            device = devices[reply.metadata.src_node_id]
             if reply.has_error():
-                replies[node] = DeviceCrash(str(reply.error.reason))
+                replies[device] = DeviceCrash(str(reply.error.reason))
             else:
-                replies[node] = records.decode_uplink(reply.content)
+                replies[device] = records.decode_uplink(reply.content)
         for node in downlinks.keys() - replies.keys():  # nothing before the timeout
             reason = f"no reply within the {self.timeout:g} s wall-clock deadline"
             replies[node] = NoReply(ReplyStatus.LATE, reason, waited_s=self.timeout or 0.0)
@@ -110,6 +147,7 @@ def make_server_app(
     run_dir: RunDirectory,
     outcome: dict[str, Any],
     progress: RunProgress | None = None,
+    resume: bool = False,
 ) -> ServerApp:
     """A ServerApp that runs the federation and leaves the summary (or the error) in `outcome`."""
     app = ServerApp()
@@ -117,8 +155,9 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            channel = GridChannel(grid, config)
-            outcome["summary"] = run_federation(channel, config, run_dir, progress)
+            state_dir = run_dir.path / DEVICE_STATE_DIR
+            channel = GridChannel(grid, config, device_state_dir=state_dir)
+            outcome["summary"] = run_federation(channel, config, run_dir, progress, resume)
         except BaseException as err:  # re-raised by simulate() after the simulation stops
             outcome["error"] = err
 

@@ -14,21 +14,35 @@ from fedspine.flower.server_app import make_server_app
 from fedspine.logs import quiet_logs, use_offline_env
 from fedspine.report.progress import RunProgress
 from fedspine.resources import load_resources
-from fedspine.run_dir import abandon_run, check_out_dir, finish_run, new_run_dir, run_dir_path
+from fedspine.run_dir import (
+    RunDirectory,
+    abandon_run,
+    check_out_dir,
+    finish_run,
+    new_run_dir,
+    run_dir_path,
+)
 
 
 def simulate(
-    config: Config, out: str | Path | None = None, progress: RunProgress | None = None
+    config: Config,
+    out: str | Path | None = None,
+    progress: RunProgress | None = None,
+    resume: bool = False,
 ) -> Path:
-    """Run `config` on the Simulation Engine (one Ray actor per worker); return the run dir."""
+    """Run `config` on the Simulation Engine (one Ray actor per worker); return the run dir.
+
+    `resume`: continue the interrupted run whose `<out>.partial/` exists (see
+    `run_dir.resumable_run`); it ends with the same record as an uninterrupted run.
+    """
     use_offline_env()  # for library callers; the CLI already did before any import
     quiet_logs()
     out = run_dir_path(config, out)
     check_out_dir(out)  # bad input fails here or in load_resources, before Ray starts
     load_resources(json.dumps(config_to_dict(config), sort_keys=True))
-    run_dir = new_run_dir(config, out)
+    run_dir = RunDirectory(out, reopen=True) if resume else new_run_dir(config, out)
     outcome: dict[str, Any] = {}
-    server_app = make_server_app(config, run_dir, outcome, progress)
+    server_app = make_server_app(config, run_dir, outcome, progress, resume)
     backend = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {

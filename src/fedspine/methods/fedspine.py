@@ -75,8 +75,9 @@ class BanditPlanner:
     def observe_probe(
         self, probes: dict[int, ProbeResult], step_flops: float, round_bytes: int
     ) -> None:
-        """Registration probes (in device-id order): every device starts in a speed group, and
-        the time model starts from its measured speeds and the full model's workload."""
+        """Registration probes (in device-id order): every device starts in a speed group (a
+        newcomer mid-run joins the group of its speed and learns from its tree), and the time
+        model starts from the measured speeds and the full model's workload."""
         for node, probe in probes.items():
             self.pool.observe_speed(
                 node, estimated_round_speed(probe, step_flops, self.local_steps, round_bytes)
@@ -84,7 +85,7 @@ class BanditPlanner:
             self.speeds[node] = DeviceSpeed(
                 step_flops / probe.step_s, probe.bandwidth_Bps, probe.latency_s
             )
-        if self.time_model and probes:
+        if self.time_model and probes and self.work is None:  # newcomers keep the fleet's
             self.work = WorkModel(step_flops * self.local_steps, round_bytes, self.max_rank)
             typical = [
                 predicted_time_s(speed, self.work, 0.0, 0.0, self.max_rank)

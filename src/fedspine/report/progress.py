@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 class RunProgress(Protocol):
     def phase(self, text: str) -> None: ...
 
-    def start_rounds(self, total: int) -> None: ...
+    def start_rounds(self, total: int, done: int = 0) -> None: ...
 
     def round_done(self, row: dict) -> None: ...
 
@@ -20,7 +20,7 @@ class NullProgress:
     def phase(self, text: str) -> None:
         return None
 
-    def start_rounds(self, total: int) -> None:
+    def start_rounds(self, total: int, done: int = 0) -> None:
         return None
 
     def round_done(self, row: dict) -> None:
@@ -50,9 +50,12 @@ class RichProgress:
         else:
             self.bar.update(self.task, info=text)
 
-    def start_rounds(self, total: int) -> None:
+    def start_rounds(self, total: int, done: int = 0) -> None:
+        """`done`: rounds a resumed run had already finished."""
         self.bar.start()
-        self.task = self.bar.add_task(f"{self.label} rounds", total=total, info="")
+        self.task = self.bar.add_task(
+            f"{self.label} rounds", total=total, completed=done, info=""
+        )
 
     def round_done(self, row: dict) -> None:
         acc = row.get("accuracy")

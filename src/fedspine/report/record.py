@@ -10,6 +10,8 @@ from typing import Any
 ROUNDS_FILE = "rounds.jsonl"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.toml"
+CHECKPOINT_FILE = "checkpoint.pt"  # the server state after the last finished round (resume)
+DEVICE_STATE_DIR = "device-state"  # simulated devices' own storage (survives a resume)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -122,7 +122,7 @@ class Server:
         self.coordinates, self.full_kept = coordinates, full_kept
         self.planner = planner or method.make_planner(config, config.fleet.num_devices)
         self.rng = np.random.default_rng(config.run.seed + config.run.sampling_seed_offset)
-        self.devices: dict[int, DeviceRecord] = {}  # by node id
+        self.devices: dict[int, DeviceRecord] = {}  # by the channel's device key
         self.fleet_scores: ModelScores | None = None  # pooled importance (share_importance)
         self.shares_importance = method.prunes and config.pruning.share_importance
         self._in_flight: dict[int, _InFlight] = {}
@@ -158,31 +158,42 @@ class Server:
         return sorted(nodes, key=lambda node: self.devices[node].device_id)
 
     # -- planning -----------------------------------------------------------------------------
-    def sample(self) -> list[int]:
-        """Seeded draw over devices in device-id order: Flower's node ids are random per run,
-        so ordering by them would give every method of a compare different participants."""
-        nodes = self.in_device_order(self.devices)
+    def sample(self, present: set[int] | None = None) -> list[int]:
+        """Seeded draw over the present devices in device-id order: Flower's node ids are
+        random per run, so ordering by them would give every method different participants."""
+        nodes = self.in_device_order(
+            self.devices if present is None else [n for n in self.devices if n in present]
+        )
         count = min(self.config.run.clients_per_round, len(nodes))
+        if count == 0:
+            return []
         picks = self.rng.choice(len(nodes), size=count, replace=False)  # node ids exceed float53
         return [nodes[i] for i in sorted(picks)]  # device-id order: the planner's draws follow it
 
-    def plan_round(self, round_num: int) -> dict[int, Downlink]:
-        """A regular round: sample participants, plan each, build its down-link."""
-        return {node: self.downlink(node, round_num, False) for node in self.sample()}
+    def plan_round(self, round_num: int, present: set[int] | None = None) -> dict[int, Downlink]:
+        """A regular round: sample participants among the present, plan each, down-link."""
+        return {node: self.downlink(node, round_num, False) for node in self.sample(present)}
 
-    def laggards(self) -> list[int]:
-        """Devices below the final target (device-id order); none for unpruned methods."""
+    def laggards(self, present: set[int] | None = None) -> list[int]:
+        """Present devices below the final target (device-id order); none for unpruned methods."""
         if not self.method.prunes:
             return []
         target = self.config.pruning.target_sparsity
         ordered = self.in_device_order(self.devices)
-        return [node for node in ordered if self.devices[node].sparsity < target - 1e-6]
+        return [
+            node
+            for node in ordered
+            if self.devices[node].sparsity < target - 1e-6 and (present is None or node in present)
+        ]
 
-    def plan_final(self, round_num: int) -> dict[int, Downlink]:
-        """The catch-up round: every laggard prunes to the target (prune at half, recover); the
-        paper's 'same sparsity' comparison needs every device there, rarely-sampled ones too."""
+    def plan_final(self, round_num: int, present: set[int] | None = None) -> dict[int, Downlink]:
+        """A catch-up round: every present laggard prunes to the target (prune at half,
+        recover); the paper's 'same sparsity' comparison needs every device there, rarely
+        sampled and late-joining ones too."""
         steps = self.config.pruning.final_recovery_steps
-        return {node: self.downlink(node, round_num, True, steps) for node in self.laggards()}
+        return {
+            node: self.downlink(node, round_num, True, steps) for node in self.laggards(present)
+        }
 
     def downlink(
         self, node: int, round_num: int, final_round: bool, local_steps: int = 0

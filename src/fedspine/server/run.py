@@ -21,7 +21,7 @@ from fedspine.evaluation import (
     rows_cols,
 )
 from fedspine.fleet.cost import training_flops
-from fedspine.fleet.faults import fault_spec_from
+from fedspine.fleet.faults import availability_spec_from, fault_spec_from
 from fedspine.fleet.unreliable import UnreliableChannel
 from fedspine.global_state import GlobalLora
 from fedspine.lora.peft_io import attach_lora, get_head_state, get_lora_factors
@@ -39,16 +39,28 @@ from fedspine.report.progress import NullProgress, RunProgress
 from fedspine.report.summary import build_summary
 from fedspine.resources import RunResources, load_resources
 from fedspine.run_dir import RunDirectory
+from fedspine.server.checkpoint import (
+    RunPosition,
+    load_checkpoint,
+    restore_server,
+    save_checkpoint,
+)
 from fedspine.server.core import Reply, RoundOutcome, Server
 
 ABORT_AFTER_RAISED_ROUNDS = 2
+CATCH_UP_TRIES = 3  # catch-up rounds at most, for laggards away or failing in the first
 
 
 class DeviceChannel(Protocol):
     """How the server reaches its devices (Flower's Grid in practice; a fake in tests)."""
 
     def register(self, request: ProbeRequest) -> dict[int, Registration]:
-        """Ask every device who it is (and, with a probe request, to time a step)."""
+        """Ask devices who they are (and, with a probe request, to time a step): at the start
+        every device present; each later call only those that joined since."""
+        ...
+
+    def present(self, round_num: int) -> set[int] | None:
+        """The registered devices reachable in `round_num` (None: all of them)."""
         ...
 
     def train(self, downlinks: dict[int, Downlink]) -> dict[int, Reply]:
@@ -120,7 +132,8 @@ def evaluate_round(res: RunResources, server: Server, outcome: RoundOutcome) -> 
 
 
 class _RoundLoop:
-    """Sends rounds, absorbs them, evaluates, and appends their rows; owns the run's clocks."""
+    """Sends rounds, absorbs them, evaluates, appends their rows and checkpoints after each;
+    its `position` is everything of the loop a resumed run needs."""
 
     def __init__(
         self,
@@ -129,34 +142,41 @@ class _RoundLoop:
         channel: DeviceChannel,
         run_dir: RunDirectory,
         progress: RunProgress,
+        position: RunPosition,
     ) -> None:
         self.res, self.server, self.channel = res, server, channel
         self.run_dir, self.progress = run_dir, progress
-        self.sim_s = 0.0
-        self.wall_s = 0.0
-        self.rows: list[dict] = []
-        self.raised_rounds = 0  # consecutive rounds in which every participant's app raised
+        self.position = position
+        self.checkpoint_s = 0.0  # wall seconds spent writing checkpoints (this process)
+        self.checkpoint_bytes = 0
+        self.round_wall_s = 0.0  # wall seconds of the rounds this process trained
+        self.started = time.perf_counter()
+        self.earlier_s = position.elapsed_s  # wall seconds of the run's earlier processes
+        self.step_flops: float | None = None  # the registration probe's workload (probing
+        self.round_bytes = 0  # methods), for devices that join mid-run
 
-    def train(self, round_num: int, downlinks: dict[int, Downlink], **marks: Any) -> None:
+    def train(self, downlinks: dict[int, Downlink], **marks: Any) -> None:
+        pos = self.position
+        round_num = pos.next_round
         start = time.perf_counter()
         replies = self.channel.train(downlinks)
         outcome = self.server.absorb(round_num, replies)
         # Devices that fail are the setting; every app raising twice running is a bug.
-        self.raised_rounds = self.raised_rounds + 1 if outcome.all_raised else 0
-        if self.raised_rounds >= ABORT_AFTER_RAISED_ROUNDS:
+        pos.raised_rounds = pos.raised_rounds + 1 if outcome.all_raised else 0
+        if pos.raised_rounds >= ABORT_AFTER_RAISED_ROUNDS:
             first = outcome.participants[0].report.error
             raise RuntimeError(
-                f"every device's app raised in {self.raised_rounds} rounds running "
+                f"every device's app raised in {pos.raised_rounds} rounds running "
                 f"(round {round_num}): {first}"
             )
         train_done = time.perf_counter()
         metrics = evaluate_round(self.res, self.server, outcome)
-        self.sim_s += outcome.time_s
-        self.wall_s += time.perf_counter() - start
+        pos.sim_s += outcome.time_s
+        pos.wall_s += time.perf_counter() - start
         row = {
             "round": round_num,
-            "sim_time_s": self.sim_s,
-            "wall_time_s": self.wall_s,
+            "sim_time_s": pos.sim_s,
+            "wall_time_s": pos.wall_s,
             "accuracy": metrics.get("accuracy"),
             "loss": metrics.get("loss"),
             "round_wall_s": time.perf_counter() - start,
@@ -169,8 +189,59 @@ class _RoundLoop:
         if "evaluated_devices" in metrics:
             row["evaluated_devices"] = metrics["evaluated_devices"]
         self.progress.round_done(row)
-        self.rows.append(row | marks)
-        self.run_dir.append_round(self.rows[-1])
+        pos.rows.append(row | marks)
+        pos.next_round += 1
+        self.round_wall_s += row["round_wall_s"]
+        self.run_dir.append_round(pos.rows[-1])
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        start = time.perf_counter()
+        self.position.elapsed_s = self.elapsed_s()
+        self.checkpoint_bytes = save_checkpoint(
+            self.run_dir.path, self.res.config, self.server, self.position
+        )
+        self.checkpoint_s += time.perf_counter() - start
+
+    def elapsed_s(self) -> float:
+        """Wall seconds of the whole run so far, over every process it ran in."""
+        return self.earlier_s + time.perf_counter() - self.started
+
+    def admit(self, round_num: int) -> set[int] | None:
+        """Before a round: register devices that joined since (their probe's cost goes on the
+        clock) and return the devices present in it."""
+        request = ProbeRequest(self.step_flops, round_num)
+        newcomers = {
+            n: r for n, r in self.channel.register(request).items() if n not in self.server.devices
+        }
+        if newcomers:
+            self.position.sim_s += self.server.register(
+                newcomers, self.step_flops, self.round_bytes
+            )
+        return self.channel.present(round_num)
+
+    def run(self, config: Config) -> None:
+        """Every remaining round, from wherever `position` stands."""
+        pos, server, run = self.position, self.server, config.run
+        while pos.next_round <= run.rounds:  # 2. the planned rounds
+            marks = {"probe_sim_s": pos.probe_s} if pos.next_round == 1 and pos.probe_s else {}
+            present = self.admit(pos.next_round)
+            self.train(server.plan_round(pos.next_round, present), **marks)
+        # 3. Catch-up rounds: laggards (rarely sampled, late joiners, failed last time) prune
+        # to the final target; retried for those away or failing, at most CATCH_UP_TRIES times.
+        while pos.final_tries < CATCH_UP_TRIES:
+            final = server.plan_final(pos.next_round, self.admit(pos.next_round))
+            pos.final_tries = pos.final_tries + 1 if final else CATCH_UP_TRIES
+            if final:
+                self.train(final, final_round=True)
+        # 4. Under a time budget every method trains on until the simulated clock reaches it,
+        # so methods with shorter rounds get more of them (the paper's time-to-accuracy
+        # setting); pruning methods are all at the target by now and keep tuning the pruned
+        # models.
+        while pos.budget_rounds < run.round_limit - run.rounds and pos.sim_s < run.time_budget_s:
+            pos.budget_rounds += 1
+            present = self.admit(pos.next_round)
+            self.train(server.plan_round(pos.next_round, present))
 
 
 def final_device_scores(res: RunResources, server: Server) -> list[dict]:
@@ -224,55 +295,66 @@ def run_federation(
     config: Config,
     run_dir: RunDirectory,
     progress: RunProgress | None = None,
+    resume: bool = False,
 ) -> dict:
-    """The whole run; returns the summary (the caller writes it into the run directory)."""
+    """The whole run; returns the summary (the caller writes it into the run directory).
+
+    With `resume`, the run continues from the checkpoint in `run_dir` (when a round had
+    finished; otherwise it starts over) and ends exactly as the uninterrupted run would.
+    """
     progress = progress or NullProgress()
     started = time.perf_counter()
     faults = fault_spec_from(config.fleet, config.run.seed)
-    if faults.active:  # the simulated fleet's dropouts and crashes (fleet.dropout_prob, ...)
-        channel = UnreliableChannel(channel, faults)
+    availability = availability_spec_from(config.fleet, config.run.seed, config.run.rounds)
+    if faults.active or availability.active:  # the simulated fleet's faults and churn
+        channel = UnreliableChannel(channel, faults, availability)
     progress.phase("loading model and data")
     res = load_resources(json.dumps(config_to_dict(config), sort_keys=True))
     method = get_method(config.run.method)
     server = make_server(res, method)
-    # 1. Registration (probing methods: each device times one step and a transfer).
+    saved = load_checkpoint(run_dir.path, config) if resume else None
+    step_flops, round_bytes = (None, 0)
+    if method.probes(config):
+        step_flops, round_bytes = probe_workload(res, server.global_lora)
     progress.phase("registering devices")
-    probing = method.probes(config)
-    step_flops, round_bytes = probe_workload(res, server.global_lora) if probing else (None, 0)
-    registrations = channel.register(ProbeRequest(step_flops))
-    probe_s = server.register(registrations, step_flops, round_bytes)
-    loop = _RoundLoop(res, server, channel, run_dir, progress)
-    loop.sim_s = probe_s  # the probe's simulated cost opens the run's clock
-    base_scores = None
-    if res.generative:  # the untuned base on the held-out set: what tuning must beat
-        progress.phase("scoring the untuned base model")
-        base_scores = evaluate_device(res, server.global_lora, full_kept(res), res.test)
-    progress.start_rounds(config.run.round_limit + int(method.prunes))
-    # 2. The planned rounds.
-    for round_num in range(1, config.run.rounds + 1):
-        marks = {"probe_sim_s": probe_s} if round_num == 1 and probing else {}
-        loop.train(round_num, server.plan_round(round_num), **marks)
-    # 3. The catch-up round: laggards prune to the final target.
-    round_num = config.run.rounds + 1
-    final = server.plan_final(round_num)
-    if final:
-        loop.train(round_num, final, final_round=True)
-        round_num += 1
-    # 4. Under a time budget every method trains on until the simulated clock reaches it, so
-    # methods with shorter rounds get more of them (the paper's time-to-accuracy setting);
-    # pruning methods are all at the target by now and keep tuning the pruned models.
-    for _ in range(config.run.rounds, config.run.round_limit):
-        if loop.sim_s >= config.run.time_budget_s:
-            break
-        loop.train(round_num, server.plan_round(round_num))
-        round_num += 1
+    if saved is not None:  # devices announce themselves again; their records are restored
+        state, position = saved
+        restore_server(server, state)
+        run_dir.rewrite_rounds(position.rows)
+    else:  # 1. Registration (probing methods: each device times one step and a transfer)
+        registrations = channel.register(ProbeRequest(step_flops))
+        probe_s = server.register(registrations, step_flops, round_bytes)
+        position = RunPosition(sim_s=probe_s, probe_s=probe_s)  # the probe opens the clock
+        if res.generative:  # the untuned base on the held-out set: what tuning must beat
+            progress.phase("scoring the untuned base model")
+            position.base_scores = evaluate_device(
+                res, server.global_lora, full_kept(res), res.test
+            )
+    loop = _RoundLoop(res, server, channel, run_dir, progress, position)
+    loop.step_flops, loop.round_bytes = step_flops, round_bytes
+    progress.start_rounds(config.run.round_limit + int(method.prunes), len(position.rows))
+    loop.run(config)
     # 5. Every device's final model, the global model, and the state for export.
     progress.phase("evaluating every device's final model")
     devices = final_device_scores(res, server)
     global_scores = evaluate_device(res, server.global_lora, full_kept(res), res.test)
     save_server_state(run_dir, server)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    wall_s = time.perf_counter() - started
-    return build_summary(
-        config, res, loop.rows, devices, global_scores, wall_s, peak_rss_mb, base_scores
+    wall_s = loop.earlier_s + time.perf_counter() - started
+    summary = build_summary(
+        config,
+        res,
+        position.rows,
+        devices,
+        global_scores,
+        wall_s,
+        peak_rss_mb,
+        position.base_scores,
     )
+    summary["checkpoint"] = {
+        "bytes": loop.checkpoint_bytes,
+        "wall_s": loop.checkpoint_s,
+        "share_of_round_wall": loop.checkpoint_s / max(loop.round_wall_s, 1e-9),
+        "resumed": saved is not None,
+    }
+    return summary
