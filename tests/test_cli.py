@@ -333,3 +333,108 @@ def test_run_method_comes_from_set_unless_method_is_given(args, expected, capsys
     code, _, err, _ = run_main(["run", "--preset", "smoke", *args], capsys, monkeypatch)
     assert code != 0 and "stop here" in err
     assert seen["method"] == expected
+
+
+def _interrupted_run(root: Path, checkpoint: bytes | None = None) -> Path:
+    """A `<out>.partial/` as a killed smoke run leaves it (config, a round, maybe a checkpoint)."""
+    from fedspine.config import config_to_toml, load_config
+
+    partial = root / "cut.partial"
+    partial.mkdir()
+    (partial / "config.toml").write_text(config_to_toml(load_config("smoke")), encoding="utf-8")
+    (partial / "rounds.jsonl").write_text('{"round": 1}\n', encoding="utf-8")
+    if checkpoint is not None:
+        (partial / "checkpoint.pt").write_bytes(checkpoint)
+    return partial
+
+
+def _finished_run(root: Path) -> Path:
+    done = root / "done"
+    done.mkdir()
+    (done / "summary.json").write_text("{}", encoding="utf-8")
+    (done / "config.toml").write_text("this is = not [toml\n", encoding="utf-8")
+    return done
+
+
+OTHER_ERROR_CASES = {
+    # name: (setup(root) -> {placeholder: path}, args, hints)
+    "resume a missing run": (lambda r: {}, ["run", "--resume", "{root}/nope"], ["no interrupted"]),
+    "resume a finished run": (
+        lambda r: {"done": _finished_run(r)},
+        ["run", "--resume", "{done}"],
+        ["has finished", "nothing to resume"],
+    ),
+    "resume with other settings": (
+        lambda r: {"cut": _interrupted_run(r)},
+        ["run", "--resume", "{cut}", "--set", "run.rounds=9"],
+        ["run.rounds: 4 -> 9", "drop them"],
+    ),
+    "resume a corrupted checkpoint": (
+        lambda r: {"cut": _interrupted_run(r, b"\x00garbage")},
+        ["run", "--resume", "{cut}"],
+        ["unreadable", "start it again"],
+    ),
+    "resume with --out": (
+        lambda r: {"cut": _interrupted_run(r)},
+        ["run", "--resume", "{cut}", "--out", "{root}/x"],
+        ["drop --out, --preset and --config"],
+    ),
+    "fault probability out of range": (
+        lambda r: {},
+        ["run", "--preset", "smoke", "--set", "fleet.dropout_prob=2", "--out", "{root}/run"],
+        ["fleet.dropout_prob must be in [0, 1]"],
+    ),
+    "negative deadline": (
+        lambda r: {},
+        ["run", "--preset", "smoke", "--set", "run.round_deadline_s=-1", "--out", "{root}/run"],
+        ["run.round_deadline_s"],
+    ),
+    "export of a missing run": (
+        lambda r: {},
+        ["export", "{root}/nope", "--device", "0", "--out", "{root}/model"],
+        ["no config.toml"],
+    ),
+    "export of a corrupted run": (
+        lambda r: {"done": _finished_run(r)},
+        ["export", "{done}", "--device", "0", "--out", "{root}/model"],
+        ["not valid TOML"],
+    ),
+    "compare of an unknown method": (
+        lambda r: {},
+        ["compare", "--preset", "smoke", "--methods", "nope", "--out", "{root}/cmp"],
+        ["unknown method(s) 'nope'"],
+    ),
+    "compare with a mistyped setting": (
+        lambda r: {},
+        ["compare", "--preset", "smoke", "--set", "run.rounds=x", "--out", "{root}/cmp"],
+        ["not a valid int"],
+    ),
+    "show-config of an unknown preset": (
+        lambda r: {},
+        ["show-config", "--preset", "huge"],
+        ["unknown preset 'huge'"],
+    ),
+    "bench-inference of an absurd sparsity": (
+        lambda r: {},
+        ["bench-inference", "--sparsity", "2"],
+        ["sparsities must lie in [0, 1)"],
+    ),
+    "generate from a missing model": (
+        lambda r: {},
+        ["generate", "{root}/nope", "hello"],
+        ["not a model directory"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(OTHER_ERROR_CASES))
+def test_every_entry_point_answers_bad_input_with_one_line(case, tmp_path, capsys, monkeypatch):
+    setup, args, hints = OTHER_ERROR_CASES[case]
+    paths = {"root": str(tmp_path)} | {k: str(v) for k, v in setup(tmp_path).items()}
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    code, _, stderr, seconds = run_main([fill(a, paths) for a in args], capsys, monkeypatch)
+    assert code == 2
+    assert_one_error_line(stderr, *hints)
+    after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # nothing written, nothing of the interrupted run touched
+    assert seconds < ERROR_BUDGET_S

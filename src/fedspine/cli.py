@@ -118,19 +118,24 @@ def run(
 
 
 def _resume_target(resume: Path, out, method, preset, config, sets, seed):
-    """(out, config) of the run to resume; settings given beside --resume must match it."""
+    """(out, config) of the run to resume: its own config.toml; --set/--method/--seed given
+    beside --resume must agree with it (they are checked, never applied)."""
     from fedspine.config import config_to_dict
     from fedspine.errors import ConfigError
-    from fedspine.run_dir import resumable_run
+    from fedspine.run_dir import partial_path, resumable_run
     from fedspine.server.checkpoint import config_differences
 
-    if out is not None:
-        raise ConfigError("--resume names the run directory; drop --out")
+    if out is not None or config is not None or preset != "default":
+        raise ConfigError(
+            "--resume uses the run's own directory and config.toml; drop --out, "
+            "--preset and --config"
+        )
     target, saved = resumable_run(resume)
     given = [f"run.method={method}"] if method is not None else []
     given += [f"run.seed={seed}"] if seed is not None else []
-    if config is not None or sets or given or preset != "default":
-        asked = _config(preset, config, sets, given)
+    if sets or given:
+        saved_file = partial_path(target) / "config.toml"
+        asked = _config("default", saved_file, sets, given)
         diffs = config_differences(config_to_dict(saved), config_to_dict(asked))
         if diffs:
             raise ConfigError(

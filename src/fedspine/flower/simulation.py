@@ -20,8 +20,10 @@ from fedspine.run_dir import (
     check_out_dir,
     finish_run,
     new_run_dir,
+    partial_path,
     run_dir_path,
 )
+from fedspine.server.checkpoint import load_checkpoint
 
 
 def simulate(
@@ -40,6 +42,8 @@ def simulate(
     out = run_dir_path(config, out)
     check_out_dir(out)  # bad input fails here or in load_resources, before Ray starts
     load_resources(json.dumps(config_to_dict(config), sort_keys=True))
+    if resume:  # a bad checkpoint fails here, before Ray starts, and the run stays as it was
+        load_checkpoint(partial_path(out), config)
     run_dir = RunDirectory(out, reopen=True) if resume else new_run_dir(config, out)
     outcome: dict[str, Any] = {}
     server_app = make_server_app(config, run_dir, outcome, progress, resume)

@@ -2,7 +2,8 @@
 
 What a resumed run needs to continue as if never stopped: the global LoRA and head, every
 device's record (kept map, sparsity, counters), the planner (bandit trees, speed groups, time
-model, its RNG), the sampling RNG, the pooled fleet importance, and the loop's position (next
+model, its RNG), the sampling RNG, the process-global torch / numpy / random streams, the
+pooled fleet importance, and the loop's position (next
 round, stage, clocks, the rows written so far, the untuned base's scores). Device-side state
 (the importance EMA) lives on the devices (`fedspine.device_state`), and the random streams of
 local training, the fleet and the faults are pure functions of (seed, device, round), so
@@ -15,10 +16,12 @@ only from a run directory the user names, never from the network.
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedspine.config import Config, config_to_dict
@@ -55,6 +58,11 @@ def server_state(server: Server) -> dict[str, Any]:
         "fleet_scores": server.fleet_scores,
         "factors": lora.factors,
         "head": lora.head,
+        # the process-global streams too: the aggregation's randomized SVD draws from torch's
+        # (a resumed process has consumed it differently while loading)
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": np.random.get_state(),
+        "python_rng": random.getstate(),
     }
 
 
@@ -65,6 +73,9 @@ def restore_server(server: Server, state: dict[str, Any]) -> None:
     server.fleet_scores = state["fleet_scores"]
     server.global_lora.factors = state["factors"]
     server.global_lora.head = state["head"]
+    torch.set_rng_state(state["torch_rng"])
+    np.random.set_state(state["numpy_rng"])
+    random.setstate(state["python_rng"])
 
 
 def save_checkpoint(run_path: Path, config: Config, server: Server, position: RunPosition) -> int:
