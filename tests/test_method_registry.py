@@ -9,7 +9,6 @@ import pytest
 
 from fedspine.compare import default_methods, parse_methods
 from fedspine.config import load_config
-from fedspine.device_round import run_device_round
 from fedspine.errors import ConfigError
 from fedspine.methods.base import DeviceView
 from fedspine.methods.planners import NoLearning
@@ -20,11 +19,12 @@ from fedspine.methods.registry import (
     register_method,
     unregister_method,
 )
-from fedspine.protocol import DevicePlan, DeviceRecipe, Downlink, ProbeRequest, Registration
+from fedspine.protocol import DevicePlan, DeviceRecipe
 from fedspine.report.record import read_rounds
 from fedspine.resources import build_resources
 from fedspine.run_dir import RunDirectory
 from fedspine.server.run import run_federation
+from local_channel import LocalChannel
 
 TINY = [
     "fleet.num_devices=3",
@@ -60,28 +60,6 @@ def toy_method():
     )
     yield spec
     unregister_method(spec.name)
-
-
-class LocalChannel:
-    """Devices in this process, called directly: the run driver needs no Flower to run."""
-
-    def __init__(self, res) -> None:
-        self.res = res
-        self.node_of = {d.device_id: 1000 + 7 * d.device_id for d in res.fleet}  # node ids
-        self.scores: dict[int, object] = {}
-
-    def register(self, request: ProbeRequest) -> dict[int, Registration]:
-        return {node: Registration(d, self.res.fleet[d].tier) for d, node in self.node_of.items()}
-
-    def train(self, downlinks: dict[int, Downlink]) -> dict:
-        device_of = {node: d for d, node in self.node_of.items()}
-        replies = {}
-        for node, downlink in downlinks.items():
-            device = self.res.fleet[device_of[node]]
-            result = run_device_round(self.res, device, downlink, self.scores.get(node))
-            self.scores[node] = result.carried_scores
-            replies[node] = result.uplink
-        return replies
 
 
 def test_a_registered_toy_method_validates_lists_and_runs(toy_method, tmp_path):

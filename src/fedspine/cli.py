@@ -85,7 +85,7 @@ def run(
         typer.Option(
             "--resume",
             help="continue the interrupted run in this directory (its --out, or the "
-            "<out>.partial/ it left) from its last finished round, with its own config; "
+            ".partial directory it left) from its last finished round, with its own config; "
             "the result equals the uninterrupted run",
             show_default=False,
         ),
