@@ -3,7 +3,7 @@ test drive `run_federation` on a real (tiny) model."""
 
 from __future__ import annotations
 
-from fedspine.device_round import run_device_round
+from fedspine.device_round import own_budget_target, run_device_round
 from fedspine.protocol import Downlink, ProbeRequest, Registration
 
 
@@ -16,7 +16,11 @@ class LocalChannel:
         self.scores: dict[int, object] = {}
 
     def register(self, request: ProbeRequest) -> dict[int, Registration]:
-        return {node: Registration(d, self.res.fleet[d].tier) for d, node in self.node_of.items()}
+        fleet = self.res.fleet
+        return {
+            node: Registration(d, fleet[d].tier, **own_budget_target(self.res, fleet[d]))
+            for d, node in self.node_of.items()
+        }
 
     def present(self, round_num: int) -> None:
         return None  # everyone, always

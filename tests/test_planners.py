@@ -31,7 +31,7 @@ def test_warmup_cap_rises_to_the_target_and_bounds_every_random_arm():
     # the cap never asks a device to un-prune; the floor never exceeds the cap
     assert capped_floor(sparsity=0.3, floor=0.4, cap=0.1) == (0.3, 0.3)
     assert capped_floor(sparsity=0.0, floor=0.2, cap=0.1) == (0.1, 0.1)
-    planner = RandomPlanner(0.5, 2, 8, seed=0, rounds=12, participation_rate=0.1, warmup_share=0.5)
+    planner = RandomPlanner(2, 8, seed=0, rounds=12, participation_rate=0.1, warmup_share=0.5)
     for round_num in range(1, 13):
         for sparsity in (0.0, 0.1, 0.3):
             view = DeviceView(0, sparsity, 1, 4, "tx2")

@@ -25,6 +25,7 @@ from fedspine.methods.registry import method_names
 from fedspine.pruning.importance import IMPORTANCE
 from fedspine.pruning.selection import SELECTION_MODES
 
+TARGET_MODES = ("uniform", "budget")
 TASKS = ("classify", "generate")
 PRECISIONS = ("fp32", "bf16")
 _REWARD = RewardWeights()  # the reward's defaults have one home: bandit/reward.py
@@ -146,6 +147,14 @@ class PruningSection:
     warmup_share: float = 0.5  # share of rounds over which a bandit arm's sparsity cap rises
     share_importance: bool = True  # devices pool their scores; each starts from the fleet prior
     fleet_momentum: float = 0.5  # share of the old fleet prior kept when a round's scores arrive
+    # uniform: every device ends at target_sparsity (the paper's "same sparsity" comparison);
+    # budget: each device sets its own target, the least sparsity at which its deployed model
+    # meets latency_budget_ms (one request: batch 1, data.max_seq_len tokens) and
+    # memory_budget_mb on its own hardware
+    target: str = "uniform"
+    latency_budget_ms: float = 0.0  # 0 = the weakest tier's nominal device at target_sparsity
+    memory_budget_mb: float = 0.0  # ceiling on the deployed model's weights (0 = none)
+    budget_max_sparsity: float = 0.8  # most a device may prune itself to meet its budget
 
 
 @dataclass(frozen=True)
@@ -439,6 +448,19 @@ def validate(config: Config) -> None:
         "train.server_learning_rate must be in (0, 1] (1 = the aggregate replaces the global)",
     )
     _check(0.0 <= prune.target_sparsity < 1.0, "pruning.target_sparsity must be in [0, 1)")
+    _check(
+        prune.target in TARGET_MODES,
+        f"pruning.target must be one of: {', '.join(TARGET_MODES)}",
+    )
+    _check(
+        math.isfinite(prune.latency_budget_ms) and prune.latency_budget_ms >= 0,
+        "pruning.latency_budget_ms must be >= 0 (0 = calibrated on the weakest tier)",
+    )
+    _check(
+        math.isfinite(prune.memory_budget_mb) and prune.memory_budget_mb >= 0,
+        "pruning.memory_budget_mb must be >= 0 (0 = no ceiling)",
+    )
+    _check(0.0 < prune.budget_max_sparsity < 1.0, "pruning.budget_max_sparsity must be in (0, 1)")
     _check(prune.prune_interval >= 1, "pruning.prune_interval must be >= 1")
     _check(
         prune.importance in IMPORTANCE,

@@ -13,7 +13,12 @@ import torch
 
 from fedspine.config import TrainSection
 from fedspine.fleet.clock import conditions_at, round_time_s
-from fedspine.fleet.cost import exceeds_budget, training_flops, training_memory_bytes
+from fedspine.fleet.cost import (
+    exceeds_budget,
+    training_flops,
+    training_memory_bytes,
+)
+from fedspine.fleet.inference_budget import deployed_latency_ms, fit_budget
 from fedspine.fleet.profiles import DeviceProfile
 from fedspine.lora.factors import LoraFactors
 from fedspine.lora.peft_io import (
@@ -51,6 +56,21 @@ from fedspine.train import label_log_prior, make_optimizer, train_local
 class DeviceRoundResult:
     uplink: Uplink  # what the device sends back
     carried_scores: ModelScores | None = None  # its smoothed importance, kept across rounds
+
+
+def own_budget_target(res: RunResources, device: DeviceProfile) -> dict:
+    """Budget mode: the device fits its inference budget on its own hardware (registration
+    fields: its target sparsity, the budget, its modelled latency there, whether it meets it)."""
+    if res.budget is None:
+        return {}
+    budget_ms, memory_mb = res.budget
+    fit = fit_budget(res.cost_curve, device.flops_per_s, budget_ms, memory_mb)
+    return {
+        "target_sparsity": fit.target_sparsity,
+        "budget_ms": budget_ms,
+        "latency_ms": fit.latency_ms,
+        "meets_budget": fit.meets,
+    }
 
 
 def prune_points(local_steps: int, interval: int) -> list[int]:
@@ -157,6 +177,11 @@ def run_device_round(
         _payload(downlink.factors, downlink.head, downlink.fleet_prior),
     )
     report = replace(report, train_memory_mb=memory_mb, lora_rank=rank)
+    if res.budget is not None:  # the deployed model's latency on this device's hardware
+        latency = deployed_latency_ms(
+            res.base.model.config, pruner.kept, cfg.data.max_seq_len, device.flops_per_s
+        )
+        report = replace(report, latency_ms=latency)
     uplink = Uplink(report, pruner.kept, factors, head, uploaded)
     return DeviceRoundResult(uplink, uploaded if uploaded is not None else prior_scores)
 

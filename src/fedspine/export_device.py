@@ -29,4 +29,13 @@ def export_device(run_dir: Path, device_id: int, out: Path) -> Path:
         base = load_classifier(config.model.source, num_labels, config.run.seed)
     kept = KeptIndices.from_dict(by_id[device_id]["kept"])
     model = device_model(base, global_lora, kept)
-    return export_pruned(model, kept, out, tokenizer=base.tokenizer)
+    entry = by_id[device_id]
+    pruned_for = None
+    if "budget_ms" in entry:  # budget mode: the budget the device pruned itself to meet
+        pruned_for = {
+            "latency_budget_ms": entry["budget_ms"],
+            "memory_budget_mb": config.pruning.memory_budget_mb,
+            "request": {"batch": 1, "tokens": config.data.max_seq_len},
+            "target_sparsity": entry["target_sparsity"],
+        }
+    return export_pruned(model, kept, out, tokenizer=base.tokenizer, pruned_for=pruned_for)

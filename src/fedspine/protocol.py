@@ -77,6 +77,7 @@ class DeviceReport:
     train_memory_mb: float | None = None
     train_wall_s: float | None = None
     handler_wall_s: float | None = None  # the whole device handler, set by the client app
+    latency_ms: float | None = None  # budget mode: modelled request latency of its new model
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,11 @@ class Registration:
     probe_step_s: float | None = None
     probe_bandwidth_Bps: float | None = None
     probe_latency_s: float | None = None
+    # pruning.target = "budget": the device's own final target and what it was fitted to
+    target_sparsity: float | None = None  # least sparsity meeting its inference budget
+    budget_ms: float | None = None  # the latency budget it evaluated
+    latency_ms: float | None = None  # its modelled request latency at that target
+    meets_budget: bool | None = None  # False: even budget_max_sparsity is too slow
 
     @property
     def probe(self) -> ProbeResult | None:
@@ -108,10 +114,12 @@ class Registration:
         return ProbeResult(self.probe_step_s, self.probe_bandwidth_Bps, self.probe_latency_s)
 
     @classmethod
-    def with_probe(cls, device_id: int, tier: str, probe: ProbeResult | None) -> Registration:
+    def with_probe(
+        cls, device_id: int, tier: str, probe: ProbeResult | None, **budget: Any
+    ) -> Registration:
         if probe is None:
-            return cls(device_id, tier)
-        return cls(device_id, tier, probe.step_s, probe.bandwidth_Bps, probe.latency_s)
+            return cls(device_id, tier, **budget)
+        return cls(device_id, tier, probe.step_s, probe.bandwidth_Bps, probe.latency_s, **budget)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,15 @@ from fedspine.config import Config, FleetSection, config_from_dict
 from fedspine.data.instructions import load_instructions
 from fedspine.data.loading import TextDataset, load_dataset, train_test_split
 from fedspine.data.partition import partition_indices
-from fedspine.fleet.profiles import DeviceProfile, FleetSpec, TierSpec, make_fleet, parse_tiers
+from fedspine.fleet.inference_budget import CostPoint, calibrated_budget_ms, cost_curve
+from fedspine.fleet.profiles import (
+    FLOPS_PER_TFLOP,
+    DeviceProfile,
+    FleetSpec,
+    TierSpec,
+    make_fleet,
+    parse_tiers,
+)
 from fedspine.generative_eval import category_metrics
 from fedspine.models.loading import LoadedModel, load_causal_lm, load_classifier
 from fedspine.train import TokenisedData, tokenise, tokenise_instructions
@@ -36,6 +44,9 @@ class RunResources:
     fleet_spec: FleetSpec
     fleet: list[DeviceProfile]
     answer_metrics: dict[int, str] | None = None  # generate: "exact" | "rouge-l" per category
+    # pruning.target = "budget": the model's cost per sparsity and the resolved budget (ms, MB)
+    cost_curve: tuple[CostPoint, ...] | None = None
+    budget: tuple[float, float] | None = None
 
     @property
     def generative(self) -> bool:
@@ -105,6 +116,7 @@ def build_resources(config: Config) -> RunResources:
         train.labels, config.fleet.num_devices, alpha, seed, min_size=config.train.batch_size
     )
     spec = fleet_spec_from(config.fleet, seed)
+    curve, budget = inference_budget(config, base.model.config, spec)
     return RunResources(
         config,
         base,
@@ -116,7 +128,23 @@ def build_resources(config: Config) -> RunResources:
         spec,
         make_fleet(spec),
         category_metrics(train.references, train.labels) if generative else None,
+        curve,
+        budget,
     )
+
+
+def inference_budget(config: Config, model_config, spec: FleetSpec):
+    """Budget mode: the cost curve and the (latency ms, memory MB) budget every device fits;
+    a latency of 0 is calibrated on the weakest tier's nominal device at target_sparsity."""
+    prune = config.pruning
+    if prune.target != "budget":
+        return None, None
+    curve = cost_curve(model_config, config.data.max_seq_len, prune.budget_max_sparsity)
+    latency = prune.latency_budget_ms
+    if latency <= 0:
+        weakest = min(t.peak_tflops for t in spec.tiers) * FLOPS_PER_TFLOP * spec.efficiency
+        latency = calibrated_budget_ms(curve, weakest, prune.target_sparsity)
+    return curve, (latency, prune.memory_budget_mb)
 
 
 def _tokenise(part: TextDataset, tokenizer, config: Config) -> TokenisedData:

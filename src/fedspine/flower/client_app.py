@@ -16,7 +16,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from fedspine.device_round import run_device_round
+from fedspine.device_round import own_budget_target, run_device_round
 from fedspine.device_state import DeviceStateStore
 from fedspine.fleet.clock import conditions_at
 from fedspine.fleet.probe import simulate_probe
@@ -56,7 +56,9 @@ def describe(msg: Message, context: Context) -> Message:
     if request.step_flops is not None:  # time one step and a transfer (simulated clock)
         conditions = conditions_at(device, res.fleet_spec, request.round_num)
         probe = simulate_probe(request.step_flops, conditions, device.latency_s)
-    registration = Registration.with_probe(device.device_id, device.tier, probe)
+    registration = Registration.with_probe(
+        device.device_id, device.tier, probe, **own_budget_target(res, device)
+    )
     return Message(content=records.encode_registration(registration), reply_to=msg)
 
 

@@ -158,9 +158,7 @@ def _previous_delta(previous: Mapping[str, LoraFactors] | None, name: str, shape
     return torch.zeros(shape)
 
 
-def _truncation_residual(
-    update: LoraUpload, name: str, previous: Tensor, scaling: float
-) -> Tensor:
+def _truncation_residual(update: LoraUpload, name: str, previous: Tensor, scaling: float) -> Tensor:
     """previous - (what the device received), at full width: what the rank-r_i down-link left
     out (zero where the device received the global exactly, or nothing)."""
     if update.received is None or name not in update.received:

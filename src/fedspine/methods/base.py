@@ -22,6 +22,7 @@ class DeviceView:
     rounds_seen: int
     last_rank: int  # LoRA rank of its last upload (0 before any)
     declared_tier: str  # hardware class the device announced; only tier-rank baselines use it
+    target_sparsity: float = 0.5  # its final sparsity (the run's, or its own in budget mode)
 
 
 class Planner(Protocol):

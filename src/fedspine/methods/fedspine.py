@@ -46,12 +46,16 @@ class BanditPlanner:
 
     def __init__(self, config: Config, mode: str, num_devices: int) -> None:
         bandit = config.bandit
-        self.final_sparsity = config.pruning.target_sparsity
+        prune = config.pruning
+        # the arms' sparsity box: the run's target, or in budget mode the most a device may set
+        self.max_target = (
+            prune.budget_max_sparsity if prune.target == "budget" else (prune.target_sparsity)
+        )
         self.weights = reward_weights(bandit)
         self.speed_new_weight = bandit.speed_new_weight
         self.pool = BanditPool(
             mode,
-            (0.0, max(self.final_sparsity, 1e-6)),
+            (0.0, max(self.max_target, 1e-6)),
             (bandit.rank_min, bandit.rank_max),
             bucket_width_log2=bandit.group_width_log2,
             tree_options={"c": bandit.exploration, "smoothness": bandit.smoothness},
@@ -110,9 +114,10 @@ class BanditPlanner:
         return cost
 
     def assign(self, round_num: int, device: DeviceView, final_round: bool) -> DevicePlan:
+        final = device.target_sparsity
         floor, cap = sparsity_bounds(
             device.sparsity,
-            self.final_sparsity,
+            final,
             round_num,
             self.rounds,
             self.participation_rate,
@@ -121,9 +126,9 @@ class BanditPlanner:
         source = self.pool.source_of(device.node_id)
         cost = self._arm_cost(device.node_id, device.sparsity)
         arm = self.pool.propose(device.node_id, p_floor=floor, p_cap=cap, cost=cost)
-        target = self.final_sparsity if final_round else max(arm.prune_ratio, floor)
-        self.pending[device.node_id] = (arm, device.sparsity, source)
-        return DevicePlan(round_num, arm.lora_rank, min(target, self.final_sparsity))
+        target = final if final_round else max(arm.prune_ratio, floor)
+        self.pending[device.node_id] = (arm, device.sparsity, source, final)
+        return DevicePlan(round_num, arm.lora_rank, min(target, final))
 
     def observe(self, round_num: int, outcomes: list[ParticipantOutcome]) -> list[dict]:
         done = [o for o in outcomes if o.ok]
@@ -133,15 +138,13 @@ class BanditPlanner:
         logs = []
         for outcome in outcomes:
             node = outcome.node_id
-            arm, before, source = self.pending.pop(node, (None, 0.0, ""))
+            arm, before, source, final = self.pending.pop(node, (None, 0.0, "", 0.0))
             if arm is None:
                 logs.append({})
                 continue
-            parts = self._reward(outcome, before, median_time, max_norm)
+            parts = self._reward(outcome, before, final, median_time, max_norm)
             report = outcome.report
-            speed = (
-                report.train_flops / report.time_s if outcome.ok and report.time_s > 0 else None
-            )
+            speed = report.train_flops / report.time_s if outcome.ok and report.time_s > 0 else None
             learned = parts.total
             if self.time_model and outcome.ok:
                 # The tree learns the rest; the time term is predicted. A failure (out of
@@ -181,6 +184,7 @@ class BanditPlanner:
         self,
         outcome: ParticipantOutcome,
         sparsity_before: float,
+        final: float,
         median_time: float,
         max_norm: float,
     ):
@@ -192,7 +196,7 @@ class BanditPlanner:
             report.loss_after,
             sparsity_before,
             report.sparsity,
-            self.final_sparsity,
+            final,
             outcome.update_norm,
             max_norm,
             report.time_s,

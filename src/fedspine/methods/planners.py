@@ -78,14 +78,14 @@ class NoLearning:
 
 @dataclass
 class FixedPlanner(NoLearning):
-    """One rank for every device and one target sparsity: FedLoRA (target 0) and
-    prune-then-tune (the final target, which its devices reach by one-shot pruning)."""
+    """One rank for every device: FedLoRA (no pruning) and prune-then-tune (`prunes`: each
+    device's final target, which it reaches by one-shot pruning)."""
 
     rank: int
-    target_sparsity: float = 0.0
+    prunes: bool = False
 
     def assign(self, round_num: int, device: DeviceView, final_round: bool) -> DevicePlan:
-        return DevicePlan(round_num, self.rank, self.target_sparsity)
+        return DevicePlan(round_num, self.rank, device.target_sparsity if self.prunes else 0.0)
 
 
 @dataclass
@@ -108,13 +108,12 @@ class ScheduledPlanner(NoLearning):
     """FedSpine-fixed: iterative prune-and-tune, one fixed schedule and rank for all devices."""
 
     rank: int
-    final_sparsity: float = 0.5
     rounds: int = 20
 
     def assign(self, round_num: int, device: DeviceView, final_round: bool) -> DevicePlan:
         if final_round:
-            return DevicePlan(round_num, self.rank, self.final_sparsity)
-        target = ramp_sparsity(round_num, self.rounds, self.final_sparsity)
+            return DevicePlan(round_num, self.rank, device.target_sparsity)
+        target = ramp_sparsity(round_num, self.rounds, device.target_sparsity)
         return DevicePlan(round_num, self.rank, max(target, device.sparsity))
 
 
@@ -123,7 +122,6 @@ class RandomPlanner(NoLearning):
     """FedSpine-random: (sparsity, rank) drawn uniformly from the bandit's box (ablation),
     under the same participation-aware sparsity floor as the bandit."""
 
-    final_sparsity: float
     rank_min: int
     rank_max: int
     seed: int
@@ -138,10 +136,10 @@ class RandomPlanner(NoLearning):
         log_rank = self.rng.uniform(np.log2(self.rank_min), np.log2(self.rank_max))
         rank = int(np.clip(round(2**log_rank), self.rank_min, self.rank_max))
         if final_round:
-            return DevicePlan(round_num, rank, self.final_sparsity)
+            return DevicePlan(round_num, rank, device.target_sparsity)
         floor, cap = sparsity_bounds(
             device.sparsity,
-            self.final_sparsity,
+            device.target_sparsity,
             round_num,
             self.rounds,
             self.participation_rate,

@@ -121,7 +121,6 @@ def _bandit(mode: str | None) -> Callable[[Config, int], Planner]:
 
 def _random(config: Config, num_devices: int) -> Planner:
     return RandomPlanner(
-        config.pruning.target_sparsity,
         config.bandit.rank_min,
         config.bandit.rank_max,
         config.run.seed,
@@ -178,7 +177,7 @@ for _spec in (
         "one-shot Taylor pruning to the target before training, then FedLoRA",
         "masked-svd",
         DeviceRecipe.ONE_SHOT_PRUNE,
-        lambda config, n: FixedPlanner(config.model.lora_rank, config.pruning.target_sparsity),
+        lambda config, n: FixedPlanner(config.model.lora_rank, prunes=True),
         _lora_rank,
     ),
     MethodSpec(
@@ -186,9 +185,7 @@ for _spec in (
         "FedSpine's prune-and-tune with one fixed schedule and rank (no bandit)",
         "masked-svd-residual",
         DeviceRecipe.PRUNE_AND_TUNE,
-        lambda config, n: ScheduledPlanner(
-            config.model.lora_rank, config.pruning.target_sparsity, config.run.rounds
-        ),
+        lambda config, n: ScheduledPlanner(config.model.lora_rank, config.run.rounds),
         _lora_rank,
     ),
     MethodSpec(

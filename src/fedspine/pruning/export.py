@@ -73,8 +73,17 @@ def merged_copy(model: nn.Module) -> nn.Module:
     return unwrap_peft(duplicate)
 
 
-def export_pruned(model: nn.Module, kept: KeptIndices, out_dir: str | Path, tokenizer=None) -> Path:
-    """Merge LoRA into a copy of pruned `model` (shaped like `kept`); save it to `out_dir`."""
+def export_pruned(
+    model: nn.Module,
+    kept: KeptIndices,
+    out_dir: str | Path,
+    tokenizer=None,
+    pruned_for: dict | None = None,
+) -> Path:
+    """Merge LoRA into a copy of pruned `model` (shaped like `kept`); save it to `out_dir`.
+
+    `pruned_for` (budget mode: the device's inference budget and own target) is recorded in
+    fedspine_pruning.json."""
     out_dir = Path(out_dir)
     hf_model = merged_copy(model)
     adapter = adapter_for(hf_model)
@@ -92,6 +101,8 @@ def export_pruned(model: nn.Module, kept: KeptIndices, out_dir: str | Path, toke
             "stock_loadable": loader == "stock",
             "kept": kept.to_dict(),
         }
+        if pruned_for:
+            info["pruned_for"] = pruned_for
         (staging / PRUNING_FILE).write_text(json.dumps(info))
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)

@@ -12,9 +12,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from fedspine.report.record import read_rounds, read_summary  # noqa: E402
+from fedspine.report.summary import tier_budget_table  # noqa: E402
 
 ACCURACY_PLOT = "accuracy_vs_time.png"
 CONFIG_PLOT = "device_configs.png"
+BUDGET_PLOT = "budget_by_tier.png"  # budget mode only
 
 
 def _save(fig, path: Path) -> None:
@@ -79,3 +81,26 @@ def plot_run(run_dir: Path) -> None:
     plot_tier_configs(axes, rows)
     fig.suptitle(f"{summary['method']}: per-tier configuration chosen each round")
     _save(fig, run_dir / CONFIG_PLOT)
+    if any("budget_ms" in d for d in summary.get("devices", [])):
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+        plot_budget_by_tier(axes, summary["devices"])
+        fig.suptitle(f"{summary['method']}: each device pruned to its own inference budget")
+        _save(fig, run_dir / BUDGET_PLOT)
+
+
+def plot_budget_by_tier(axes, devices: list[dict]) -> None:
+    table = tier_budget_table(devices)
+    tiers = list(table)
+    for ax, key, label in zip(
+        axes,
+        ("sparsity", "latency_ms", "accuracy"),
+        ("mean final sparsity", "modelled request latency (ms)", "mean final accuracy"),
+        strict=True,
+    ):
+        ax.bar(tiers, [table[t][key] for t in tiers], color="tab:blue")
+        if key == "latency_ms":
+            budget = table[tiers[0]]["budget_ms"]
+            ax.axhline(budget, color="tab:red", linestyle="--", label=f"budget {budget:.2f} ms")
+            ax.legend(fontsize=8)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, axis="y")

@@ -53,9 +53,7 @@ class RichProgress:
     def start_rounds(self, total: int, done: int = 0) -> None:
         """`done`: rounds a resumed run had already finished."""
         self.bar.start()
-        self.task = self.bar.add_task(
-            f"{self.label} rounds", total=total, completed=done, info=""
-        )
+        self.task = self.bar.add_task(f"{self.label} rounds", total=total, completed=done, info="")
 
     def round_done(self, row: dict) -> None:
         acc = row.get("accuracy")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections import defaultdict
 from typing import Any
 
 from fedspine.config import Config
@@ -129,6 +130,7 @@ def build_summary(
         "comm_bytes": comm,
         "failed_device_rounds": sum(not p["ok"] for r in rows for p in r["participants"]),
         "reply_outcomes": reply_outcomes(rows),
+        "pruning_target": config.pruning.target,
         "skipped_rounds": sum(bool(r.get("skipped")) for r in rows),
         "peak_rss_mb": peak_rss_mb,
         "framework_overhead_share": framework_overhead_share(rows, config.run.workers),
@@ -138,6 +140,24 @@ def build_summary(
         **_task_fields(config, final_accuracy, global_scores, base_scores),
         "devices": devices,
         "fleet": fleet_to_dict(res.fleet_spec, res.fleet),
+        **_budget_fields(res, devices),
+    }
+
+
+def _budget_fields(res, devices: list[dict]) -> dict[str, Any]:
+    """Budget mode: the resolved budget and, per tier, sparsity, latency, accuracy, and the
+    share of devices whose deployed model meets it."""
+    if res.budget is None or not any("budget_ms" in d for d in devices):
+        return {}
+    latency_ms, memory_mb = res.budget
+    return {
+        "inference_budget": {
+            "latency_ms": latency_ms,
+            "memory_mb": memory_mb,
+            "request": {"batch": 1, "tokens": res.config.data.max_seq_len},
+        },
+        "budget_by_tier": tier_budget_table(devices),
+        "devices_meeting_budget": sum(bool(d["meets_budget"]) for d in devices) / len(devices),
     }
 
 
@@ -149,3 +169,21 @@ def reply_outcomes(rows: list[dict]) -> dict[str, int]:
             status = participant.get("status", "ok" if participant["ok"] else "failed")
             totals[status] = totals.get(status, 0) + 1
     return totals
+
+
+def tier_budget_table(devices: list[dict]) -> dict[str, dict[str, float]]:
+    """Per tier: mean final sparsity, accuracy and modelled latency, share meeting the budget."""
+    by_tier: dict[str, list[dict]] = defaultdict(list)
+    for device in devices:
+        by_tier[device["tier"]].append(device)
+    return {
+        tier: {
+            "devices": len(group),
+            "sparsity": sum(d["prune_ratio"] for d in group) / len(group),
+            "accuracy": sum(d["accuracy"] for d in group) / len(group),
+            "latency_ms": sum(d["latency_ms"] or 0.0 for d in group) / len(group),
+            "budget_ms": group[0]["budget_ms"],
+            "meets_budget": sum(bool(d["meets_budget"]) for d in group) / len(group),
+        }
+        for tier, group in sorted(by_tier.items())
+    }

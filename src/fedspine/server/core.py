@@ -45,12 +45,17 @@ class DeviceRecord:
     device_id: int
     tier: str
     kept: KeptIndices  # starts as the full map; the device's reports shrink it
+    target: float  # its final sparsity: the run's, or (budget mode) the one it set itself
     sparsity: float = 0.0
     rounds_seen: int = 0
     last_rank: int = 0
+    budget_ms: float | None = None  # budget mode: what it fitted, and its modelled latency
+    latency_ms: float | None = None
 
     def view(self) -> DeviceView:
-        return DeviceView(self.node_id, self.sparsity, self.rounds_seen, self.last_rank, self.tier)
+        return DeviceView(
+            self.node_id, self.sparsity, self.rounds_seen, self.last_rank, self.tier, self.target
+        )
 
 
 Reply = Uplink | DeviceCrash | NoReply
@@ -138,8 +143,18 @@ class Server:
 
         Returns the simulated seconds the probe cost: the server waits for the slowest one.
         """
+        uniform = self.config.pruning.target_sparsity if self.method.prunes else 0.0
         for node, reg in registrations.items():
-            self.devices[node] = DeviceRecord(node, reg.device_id, reg.tier, self.full_kept)
+            own = reg.target_sparsity if self.method.prunes else None
+            self.devices[node] = DeviceRecord(
+                node,
+                reg.device_id,
+                reg.tier,
+                self.full_kept,
+                target=uniform if own is None else own,
+                budget_ms=reg.budget_ms,
+                latency_ms=reg.latency_ms if self.method.prunes else None,
+            )
         probes = {
             node: registrations[node].probe
             for node in self.in_device_order(registrations)
@@ -178,12 +193,12 @@ class Server:
         """Present devices below the final target (device-id order); none for unpruned methods."""
         if not self.method.prunes:
             return []
-        target = self.config.pruning.target_sparsity
         ordered = self.in_device_order(self.devices)
         return [
             node
             for node in ordered
-            if self.devices[node].sparsity < target - 1e-6 and (present is None or node in present)
+            if self.devices[node].sparsity < self.devices[node].target - 1e-6
+            and (present is None or node in present)
         ]
 
     def plan_final(self, round_num: int, present: set[int] | None = None) -> dict[int, Downlink]:
@@ -202,7 +217,7 @@ class Server:
         plan = self.planner.assign(round_num, record.view(), final_round)
         plan = replace(plan, recipe=self.method.recipe, local_steps=local_steps)
         if final_round:  # the catch-up round's definition, whatever the planner proposed
-            plan = replace(plan, target_sparsity=self.config.pruning.target_sparsity)
+            plan = replace(plan, target_sparsity=record.target)
         rows, cols = self.coordinates(record.kept)
         factors = self.global_lora.downlink(rows, cols, plan.lora_rank)
         self._in_flight[node] = _InFlight(factors, rows, cols)
@@ -300,6 +315,8 @@ class Server:
         record.rounds_seen += 1
         record.kept, record.sparsity = uplink.kept, uplink.report.sparsity
         record.last_rank = uplink.report.lora_rank
+        if uplink.report.latency_ms is not None:
+            record.latency_ms = uplink.report.latency_ms
 
     # -- the run's end ---------------------------------------------------------------------------
     def records(self) -> list[DeviceRecord]:

@@ -265,6 +265,15 @@ def final_device_scores(res: RunResources, server: Server) -> list[dict]:
                 "rounds_participated": record.rounds_seen,
             }
         )
+        if record.budget_ms is not None:  # budget mode: what the device asked and reached
+            rows[-1] |= {
+                "target_sparsity": record.target,
+                "budget_ms": record.budget_ms,
+                "latency_ms": record.latency_ms,
+                "meets_budget": record.latency_ms is not None
+                and record.latency_ms <= record.budget_ms * (1 + 1e-9),
+                "weight_mb": report["params"] * 4 / 2**20,
+            }
     return rows
 
 
@@ -276,7 +285,11 @@ def save_server_state(run_dir: RunDirectory, server: Server) -> None:
         lora.factors,
         lora.head,
         {"max_rank": lora.max_rank, "aggregation": lora.aggregation, "scaling": lora.scaling},
-        [{"id": r.device_id, "tier": r.tier, "kept": r.kept.to_dict()} for r in server.records()],
+        [
+            {"id": r.device_id, "tier": r.tier, "kept": r.kept.to_dict()}
+            | ({"budget_ms": r.budget_ms, "target_sparsity": r.target} if r.budget_ms else {})
+            for r in server.records()
+        ],
     )
 
 
