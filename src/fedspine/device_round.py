@@ -179,7 +179,11 @@ def run_device_round(
     report = replace(report, train_memory_mb=memory_mb, lora_rank=rank)
     if res.budget is not None:  # the deployed model's latency on this device's hardware
         latency = deployed_latency_ms(
-            res.base.model.config, pruner.kept, cfg.data.max_seq_len, device.flops_per_s
+            res.base.model.config,
+            pruner.kept,
+            cfg.data.max_seq_len,
+            device.flops_per_s,
+            causal=res.generative,
         )
         report = replace(report, latency_ms=latency)
     uplink = Uplink(report, pruner.kept, factors, head, uploaded)

@@ -139,7 +139,8 @@ def inference_budget(config: Config, model_config, spec: FleetSpec):
     prune = config.pruning
     if prune.target != "budget":
         return None, None
-    curve = cost_curve(model_config, config.data.max_seq_len, prune.budget_max_sparsity)
+    causal = config.data.task == "generate"
+    curve = cost_curve(model_config, config.data.max_seq_len, prune.budget_max_sparsity, causal)
     latency = prune.latency_budget_ms
     if latency <= 0:
         weakest = min(t.peak_tflops for t in spec.tiers) * FLOPS_PER_TFLOP * spec.efficiency

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import AutoModelForCausalLM
 
 from fedspine.fleet.cost import forward_flops
 from fedspine.models.families import adapter_for
@@ -23,9 +24,18 @@ from fedspine.pruning.importance import LayerScores
 from fedspine.pruning.kept import KeptIndices
 from fedspine.pruning.selection import select_groups_to_keep
 from fedspine.pruning.slicing import apply_kept_
-from fedspine.pruning.sparsity import count_parameters, meta_model
+from fedspine.pruning.sparsity import count_parameters
+from fedspine.pruning.sparsity import meta_model as meta_classifier
 
 GRID_STEP = 0.025  # targets are multiples of this (structure counts round anyway)
+
+
+def meta_model(full_config, causal: bool = False):
+    """Shapes only: the deployed classifier, or the causal LM with its vocabulary projection."""
+    if not causal:
+        return meta_classifier(full_config)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(full_config)
 
 
 @dataclass(frozen=True)
@@ -47,7 +57,9 @@ class BudgetFit:
     meets: bool
 
 
-def cost_curve(full_config, seq_len: int, max_sparsity: float) -> tuple[CostPoint, ...]:
+def cost_curve(
+    full_config, seq_len: int, max_sparsity: float, causal: bool = False
+) -> tuple[CostPoint, ...]:
     """Forward FLOPs (batch 1, `seq_len` tokens) and weight bytes at each grid sparsity."""
     adapter = adapter_for(full_config)
     full = KeptIndices.full(adapter, full_config)
@@ -64,7 +76,7 @@ def cost_curve(full_config, seq_len: int, max_sparsity: float) -> tuple[CostPoin
     steps = int(round(max_sparsity / GRID_STEP))
     for step in range(steps + 1):
         sparsity = round(step * GRID_STEP, 6)
-        model = meta_model(full_config)
+        model = meta_model(full_config, causal)
         apply_kept_(model, adapter, full, select_groups_to_keep(flat, full, sparsity))
         weights = count_parameters(model)["param_bytes"]
         points.append(CostPoint(sparsity, forward_flops(model, 1, seq_len), weights))
@@ -96,9 +108,11 @@ def calibrated_budget_ms(
     return latency_ms(point, flops_per_s)
 
 
-def deployed_latency_ms(full_config, kept: KeptIndices, seq_len: int, flops_per_s: float) -> float:
+def deployed_latency_ms(
+    full_config, kept: KeptIndices, seq_len: int, flops_per_s: float, causal: bool = False
+) -> float:
     """Modelled request latency of the deployed (LoRA-merged) model with structure `kept`."""
     adapter = adapter_for(full_config)
-    model = meta_model(full_config)
+    model = meta_model(full_config, causal)
     apply_kept_(model, adapter, KeptIndices.full(adapter, full_config), kept)
     return 1e3 * forward_flops(model, 1, seq_len) / flops_per_s
