@@ -8,6 +8,8 @@ Runs (one after another, into OUT/<name>/; a finished run dir is reused on a rer
                                       round times unless --deadline is given)
   churn-fedspine                      20% of the fleet away each round, 20 devices arriving
                                       half-way
+  tight-fedlora, tight-fedspine       only a tight deadline (--tight-deadline, 1 s): does the
+                                      bandit learn configurations that finish in time?
 and prints final accuracy against the fault-free run, each run's reply outcomes, the share of
 late replies in the first and last third of the rounds, every arriving device's final
 sparsity, and the checkpoint's cost (share of round wall time, size).
@@ -75,6 +77,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--deadline", type=float, default=0.0)
     parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument(
+        "--tight-deadline",
+        type=float,
+        default=1.0,
+        help="deadline of the tight-* pair (no dropouts): most TX2 rounds of FedLoRA miss it",
+    )
     args = parser.parse_args()
     out, seed = args.out, args.seed
     out.mkdir(parents=True, exist_ok=True)
@@ -84,6 +92,8 @@ def main() -> None:
     faulty = {m: run(out, f"faulty-{m}", m, seed, faults) for m in ("fedlora", "fedspine")}
     churn_sets = ["fleet.away_share=0.2", "fleet.arriving_devices=20"]
     churn = run(out, "churn-fedspine", "fedspine", seed, churn_sets)
+    tight_sets = [f"run.round_deadline_s={args.tight_deadline}"]
+    tight = {m: run(out, f"tight-{m}", m, seed, tight_sets) for m in ("fedlora", "fedspine")}
 
     print(f"\ndeadline {deadline} s (75th percentile of clean FedLoRA's TX2 round times)")
     print(
@@ -95,6 +105,7 @@ def main() -> None:
         **{f"clean-{m}": d for m, d in clean.items()},
         **{f"faulty-{m}": d for m, d in faulty.items()},
         "churn-fedspine": churn,
+        **{f"tight-{m}": d for m, d in tight.items()},
     }
     for name, run_dir in runs.items():
         s = summary(run_dir)
