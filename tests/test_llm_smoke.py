@@ -28,7 +28,7 @@ def test_llm_smoke_tunes_above_the_untuned_base_and_prunes_every_device(llm_run)
     summary = read_summary(llm_run)
     assert summary["task"] == "generate"
     assert summary["final_score"] > summary["base_score"]
-    assert all(d["prune_ratio"] >= 0.1 - 1e-6 for d in summary["devices"])  # at its target
+    assert all(d["prune_ratio"] == pytest.approx(0.1, abs=0.01) for d in summary["devices"])
     assert set(summary["per_category"]) == {
         "capital",
         "definition",
@@ -44,6 +44,9 @@ def test_an_exported_pruned_smollm2_loads_with_stock_transformers_and_answers(ll
     info = json.loads((out / "fedspine_pruning.json").read_text())
     assert info["stock_loadable"] is True
     model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
-    assert model.config.num_attention_heads < 9  # pruned heads, in a stock config
+    # pruned, in a stock config: at a 10% target SmolLM2 keeps its 9 heads (they go a kv group
+    # at a time) and its FFN channels make up the target
+    assert model.config.intermediate_size < 1536
+    assert model.config.num_attention_heads <= 9
     answer = generate_text(out, "Give the ARPAbet pronunciation of 'water'.", max_new_tokens=12)
     assert answer.strip()
