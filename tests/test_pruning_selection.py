@@ -132,7 +132,7 @@ def test_coarse_gqa_heads_are_balanced_by_channels_to_hit_the_target(mode, ratio
     heads, channels = _structure_share(kept)
     if mode == "uniform":  # global mode spreads the heads unevenly; the mean still holds
         assert heads == pytest.approx(heads_removed)
-    assert (heads + channels) / 2 == pytest.approx(ratio, abs=1 / 60)
+    assert ratio - 1e-9 <= (heads + channels) / 2 <= ratio + 1 / 60  # never under the target
 
 
 def test_mha_heads_and_channels_keep_the_same_share():

@@ -18,6 +18,8 @@ Modes:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -54,7 +56,11 @@ def select_groups_to_keep(
     if coarse:
         heads_removed = 1.0 - sum(len(h) for h in heads) / (dims.num_heads * dims.num_layers)
         channel_ratio = compensating_channel_ratio(target_ratio, heads_removed)
-    channel_counts = _keep_counts(channel_units, dims.intermediate_size, channel_ratio, mode)
+    # compensating: keep rounded down, so the mean of the two shares is never under the target
+    # (a device just under it would stay a laggard of the catch-up rounds)
+    channel_counts = _keep_counts(
+        channel_units, dims.intermediate_size, channel_ratio, mode, at_least=coarse
+    )
     layers = []
     for idx, (_, layer_kept) in enumerate(pairs):
         channels = _top_indices(layer_kept.channels, channel_units[idx], channel_counts[idx])
@@ -100,12 +106,16 @@ def normalise_per_layer(values: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(values) if mean <= 0 else values / mean
 
 
-def _keep_counts(units: list[torch.Tensor], full_width: int, ratio: float, mode: str) -> list[int]:
+def _keep_counts(
+    units: list[torch.Tensor], full_width: int, ratio: float, mode: str, at_least: bool = False
+) -> list[int]:
+    """Kept units per layer for `ratio` removed; `at_least`: remove at least that share."""
     current = [len(u) for u in units]
+    keep = (lambda x: math.floor(x + 1e-9)) if at_least else round
     if mode == "uniform":
-        target = max(1, round(full_width * (1.0 - ratio)))
+        target = max(1, keep(full_width * (1.0 - ratio)))
         return [min(target, n) for n in current]
-    budget = round(full_width * len(units) * (1.0 - ratio))
+    budget = keep(full_width * len(units) * (1.0 - ratio))
     budget = min(sum(current), max(len(units), budget))
     counts = [1] * len(units)  # the floor: each layer's best unit is reserved
     rest = []
