@@ -34,3 +34,27 @@ class LocalChannel:
             self.scores[node] = result.carried_scores
             replies[node] = result.uplink
         return replies
+
+
+# A small real run: 6 devices, 3 a round, 3 rounds of 2 steps, small data (tests of whole runs).
+SMALL_RUN = [
+    "fleet.num_devices=6",
+    "run.clients_per_round=3",
+    "run.rounds=3",
+    "train.local_steps=2",
+    "pruning.final_recovery_steps=2",
+    "data.max_train_examples=120",
+    "data.max_test_examples=40",
+    "data.round_eval_examples=20",
+    "eval.final_eval_examples=20",
+]
+WALL_FIELDS = {"wall_time_s", "round_wall_s", "eval_wall_s", "train_wall_s", "handler_wall_s"}
+
+
+def without_wall_fields(value):
+    """A run record with its wall-clock fields dropped: what must equal between two runs."""
+    if isinstance(value, dict):
+        return {k: without_wall_fields(v) for k, v in value.items() if k not in WALL_FIELDS}
+    if isinstance(value, list):
+        return [without_wall_fields(v) for v in value]
+    return value

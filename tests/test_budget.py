@@ -20,7 +20,7 @@ from fedspine.report.final_state import load_global_lora
 from fedspine.resources import build_resources
 from fedspine.run_dir import RunDirectory
 from fedspine.server.run import run_federation
-from local_channel import LocalChannel
+from local_channel import SMALL_RUN, LocalChannel
 
 CURVE = tuple(CostPoint(s / 10, 1e9 * (1 - s / 10), int(1e8 * (1 - s / 20))) for s in range(9))
 
@@ -57,18 +57,7 @@ def test_bad_budget_settings_are_config_errors(setting):
         load_config("smoke", overrides=[setting])
 
 
-SMALL = [
-    "fleet.num_devices=6",
-    "run.clients_per_round=3",
-    "run.rounds=3",
-    "train.local_steps=2",
-    "pruning.final_recovery_steps=2",
-    "data.max_train_examples=120",
-    "data.max_test_examples=40",
-    "data.round_eval_examples=20",
-    "eval.final_eval_examples=20",
-    "pruning.target=budget",
-]
+SMALL = [*SMALL_RUN, "pruning.target=budget"]
 
 
 @pytest.mark.parametrize("method", ["fedspine", "prune-then-tune"])
@@ -91,7 +80,7 @@ def test_every_device_ends_at_its_own_target_and_meets_its_budget(tmp_path, meth
 
 
 def test_uniform_mode_records_no_budget(tmp_path):
-    config = load_config("smoke", overrides=[*SMALL[:-1]])
+    config = load_config("smoke", overrides=SMALL_RUN)
     summary = run_federation(
         LocalChannel(build_resources(config)), config, RunDirectory(tmp_path / "run")
     )

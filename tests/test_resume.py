@@ -20,24 +20,17 @@ from pathlib import Path
 import psutil
 import pytest
 
+from local_channel import without_wall_fields
+
 FEDSPINE = [sys.executable, "-m", "fedspine.cli"]
 SETTINGS = ["--preset", "smoke", "--set", "run.rounds=3"]
-WALL_FIELDS = {"wall_time_s", "round_wall_s", "eval_wall_s", "train_wall_s", "handler_wall_s"}
 FIGURES = ("final_accuracy", "global_accuracy", "sim_time_s", "mean_sparsity", "comm_bytes")
 LIMIT_S = 600
 
 
-def _clean(value):
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items() if k not in WALL_FIELDS}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
-
-
 def _rounds(run_dir: Path) -> list[dict]:
     lines = (run_dir / "rounds.jsonl").read_text(encoding="utf-8").splitlines()
-    return [_clean(json.loads(line)) for line in lines]
+    return [without_wall_fields(json.loads(line)) for line in lines]
 
 
 def _kill_tree(proc: subprocess.Popen, seen: dict[int, psutil.Process]) -> None:

@@ -13,20 +13,9 @@ from fedspine.report.record import read_rounds
 from fedspine.resources import build_resources
 from fedspine.run_dir import RunDirectory
 from fedspine.server.run import run_federation
-from local_channel import LocalChannel
+from local_channel import SMALL_RUN, LocalChannel, without_wall_fields
 
-SMALL = [
-    "fleet.num_devices=6",
-    "run.clients_per_round=3",
-    "run.rounds=3",
-    "train.local_steps=2",
-    "pruning.final_recovery_steps=2",
-    "data.max_train_examples=120",
-    "data.max_test_examples=40",
-    "data.round_eval_examples=20",
-    "eval.final_eval_examples=20",
-]
-WALL = {"wall_time_s", "round_wall_s", "eval_wall_s", "train_wall_s", "handler_wall_s"}
+SMALL = SMALL_RUN
 
 
 def _run(tmp_path, name, settings, channel_class=LocalChannel, resume=False):
@@ -83,14 +72,6 @@ def _failing_after(train_calls: int):
     return Interrupted
 
 
-def _clean(value):
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items() if k not in WALL}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
-
-
 @pytest.mark.parametrize("method", ["fedspine", "hetlora"])
 def test_an_interrupted_server_resumes_to_the_uninterrupted_record(tmp_path, method):
     settings = [f"run.method={method}", "fleet.dropout_prob=0.2"]
@@ -99,6 +80,6 @@ def test_an_interrupted_server_resumes_to_the_uninterrupted_record(tmp_path, met
         _run(tmp_path, "cut", settings, _failing_after(3))
     assert len(read_rounds(tmp_path / "cut.partial")) == 2
     _, resumed, resumed_rows = _run(tmp_path, "cut", settings, resume=True)
-    assert _clean(resumed_rows) == _clean(straight_rows)
+    assert without_wall_fields(resumed_rows) == without_wall_fields(straight_rows)
     for key in ("final_accuracy", "global_accuracy", "sim_time_s", "mean_sparsity", "devices"):
         assert json.dumps(resumed[key]) == json.dumps(straight[key])
