@@ -190,10 +190,6 @@ class ParticipantOutcome:
     def ok(self) -> bool:
         return self.status is ReplyStatus.OK and self.report.ok
 
-    @property
-    def crashed(self) -> bool:
-        return self.status is ReplyStatus.CRASHED
-
     def to_row(self, reward: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The participant's line in rounds.jsonl (`prune_ratio` = the reached sparsity)."""
         report = self.report

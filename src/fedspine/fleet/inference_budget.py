@@ -76,8 +76,7 @@ def cost_curve(
     steps = int(round(max_sparsity / GRID_STEP))
     for step in range(steps + 1):
         sparsity = round(step * GRID_STEP, 6)
-        model = meta_model(full_config, causal)
-        apply_kept_(model, adapter, full, select_groups_to_keep(flat, full, sparsity))
+        model = _deployed(full_config, select_groups_to_keep(flat, full, sparsity), causal)
         weights = count_parameters(model)["param_bytes"]
         points.append(CostPoint(sparsity, forward_flops(model, 1, seq_len), weights))
     return tuple(points)
@@ -112,7 +111,13 @@ def deployed_latency_ms(
     full_config, kept: KeptIndices, seq_len: int, flops_per_s: float, causal: bool = False
 ) -> float:
     """Modelled request latency of the deployed (LoRA-merged) model with structure `kept`."""
+    model = _deployed(full_config, kept, causal)
+    return 1e3 * forward_flops(model, 1, seq_len) / flops_per_s
+
+
+def _deployed(full_config, kept: KeptIndices, causal: bool):
+    """A shapes-only copy of the deployed model with structure `kept`."""
     adapter = adapter_for(full_config)
     model = meta_model(full_config, causal)
     apply_kept_(model, adapter, KeptIndices.full(adapter, full_config), kept)
-    return 1e3 * forward_flops(model, 1, seq_len) / flops_per_s
+    return model
