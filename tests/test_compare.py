@@ -16,6 +16,7 @@ from fedspine.compare import (
     LatencySetup,
     check_reusable,
     default_methods,
+    full_test_device_count,
     method_config,
     parse_methods,
     run_compare,
@@ -198,6 +199,14 @@ def test_cli_unknown_method_exits_2(monkeypatch, tmp_path):
         main()
     assert exit_info.value.code == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_generate_compare_rescores_fewer_devices_than_classify():
+    classify = load_config(preset="smoke")
+    generate = load_config(preset="llm-smoke")
+    assert full_test_device_count(classify) == 16
+    assert full_test_device_count(generate) == 2  # a greedy decode per answer
+    assert full_test_device_count(generate, requested=5) == 5
 
 
 def test_reuse_refuses_a_run_made_with_another_config(tmp_path):

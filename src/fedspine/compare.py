@@ -57,6 +57,18 @@ class LatencySetup:
 
 
 FULL_TEST_DEVICES = 16  # final models re-scored on the whole test set per method (compare)
+# Generated answers cost a greedy decode each (about 0.5 s for SmolLM2 on one CPU core), so a
+# generate compare re-scores two devices only, the first and last ids (tiers are laid out in id
+# blocks, so two tiers); the runs' own final_score covers every device on
+# eval.final_eval_examples answers.
+FULL_TEST_DEVICES_GENERATE = 2
+
+
+def full_test_device_count(config: Config, requested: int | None = None) -> int:
+    """Device models re-scored on the whole test set per method: `requested`, else by task."""
+    if requested is not None:
+        return requested
+    return FULL_TEST_DEVICES_GENERATE if config.data.task == "generate" else FULL_TEST_DEVICES
 
 
 def parse_methods(text: str | Sequence[str] | None) -> list[str]:
@@ -222,7 +234,7 @@ def run_compare(
     make_progress: Callable[[str], RunProgress] | None = None,
     say: Callable[[str], None] | None = None,
     latency: LatencySetup | None = None,
-    full_test_devices: int = FULL_TEST_DEVICES,
+    full_test_devices: int | None = None,
 ) -> dict:
     """Run (or reuse) every method into OUT/<method>/ and write comparison.* into OUT.
 
@@ -252,6 +264,7 @@ def run_compare(
         write_comparison(out, partial, {m: r[2] for m, r in runs.items()})
     say("measuring inference latency of each method's median-sparsity device")
     latencies = measure_latency_ratios(config, runs, latency)
+    full_test_devices = full_test_device_count(config, full_test_devices)
     say(f"scoring {full_test_devices} final device models per method on the whole test set")
     full_test = measure_full_test_accuracy(config, runs, full_test_devices)
     comparison = build_comparison(
