@@ -21,23 +21,42 @@ import psutil
 
 
 class PeakMemory:
-    """Samples the summed RSS of this process tree in a background thread."""
+    """Samples the summed RSS of this process tree in a background thread, and each kind of
+    process's own peak (this process, the Ray workers running clients, Ray's own services)."""
 
     def __init__(self, interval_s: float = 0.5) -> None:
         self.interval_s, self.peak_bytes = interval_s, 0
+        self.peak_by_kind: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def kind(proc: psutil.Process, me: psutil.Process) -> str:
+        if proc.pid == me.pid:
+            return "server"
+        try:
+            name = " ".join(proc.cmdline())
+        except psutil.Error:
+            return "other"
+        if "default_worker.py" in name or "ray::" in name:
+            return "ray_worker"
+        return "ray_services"
 
     def _run(self) -> None:
         me = psutil.Process()
         while not self._stop.is_set():
-            total = 0
+            total, by_kind = 0, {}
             for proc in [me, *me.children(recursive=True)]:
                 try:
-                    total += proc.memory_info().rss
+                    rss = proc.memory_info().rss
                 except psutil.Error:
                     continue
+                total += rss
+                kind = self.kind(proc, me)
+                by_kind[kind] = max(by_kind.get(kind, 0), rss)  # the largest of that kind
             self.peak_bytes = max(self.peak_bytes, total)
+            for kind, rss in by_kind.items():
+                self.peak_by_kind[kind] = max(self.peak_by_kind.get(kind, 0), rss)
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> PeakMemory:
@@ -47,6 +66,43 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class PhaseTimer:
+    """A RunProgress that stamps each phase and round, so the bench can say where time goes."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.marks: list[tuple[str, float]] = []
+
+    def _mark(self, name: str) -> None:
+        self.marks.append((name, time.perf_counter() - self.start))
+
+    def phase(self, text: str) -> None:
+        self._mark(text)
+
+    def start_rounds(self, total: int, done: int = 0) -> None:
+        self._mark("rounds")
+
+    def round_done(self, row: dict) -> None:
+        self._mark(f"round {row['round']}")
+
+    def breakdown(self, wall: float) -> dict[str, float]:
+        """Seconds in: startup (Ray, loading, registration, base scoring), the regular rounds,
+        the last (catch-up) round and the final scoring of every device."""
+        times = dict(self.marks)
+        rounds = [t for name, t in self.marks if name.startswith("round ")]
+        first = times.get("rounds", rounds[0] if rounds else wall)
+        final_eval = next(
+            (t for name, t in self.marks if name.startswith("evaluating every device")), wall
+        )
+        before_last = rounds[-2] if len(rounds) > 1 else first
+        return {
+            "startup_s": first,
+            "regular_rounds_s": before_last - first,
+            "last_round_s": (rounds[-1] - before_last) if rounds else 0.0,
+            "final_scoring_s": wall - final_eval,
+        }
 
 
 def main() -> None:
@@ -63,9 +119,10 @@ def main() -> None:
 
     config = load_config(args.preset, overrides=[f"run.method={args.method}", *args.overrides])
     out = Path(tempfile.mkdtemp(prefix="fedspine-bench-")) / args.method
-    start = time.perf_counter()
+    timer = PhaseTimer()
+    start = timer.start
     with PeakMemory() as memory:
-        run_dir = simulate(config, out)
+        run_dir = simulate(config, out, timer)
     wall = time.perf_counter() - start
     summary = json.loads((run_dir / "summary.json").read_text())
     rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").open()]
@@ -77,9 +134,13 @@ def main() -> None:
                 "wall_time_s": wall,
                 "peak_rss_mb_all_processes": memory.peak_bytes / 2**20,
                 "peak_rss_mb_server": summary["peak_rss_mb"],
+                "peak_rss_mb_largest_process_by_kind": {
+                    k: v / 2**20 for k, v in memory.peak_by_kind.items()
+                },
                 "framework_overhead_share": summary["framework_overhead_share"],
                 "round_wall_s_total": sum(r["round_wall_s"] for r in rounds),
                 "eval_wall_s_total": sum(r["eval_wall_s"] for r in rounds),
+                "where_the_time_goes_s": timer.breakdown(wall),
                 "final_accuracy": summary["final_accuracy"],
                 "sim_time_s": summary["sim_time_s"],
                 "run_dir": str(run_dir),
