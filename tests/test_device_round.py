@@ -119,3 +119,27 @@ def test_fleet_prior_steers_the_devices_pruning_and_is_costed(res):
     assert steered.scores is not None and local.scores is not None
     prior_bytes = payload_bytes(scores_to_tensors(prior))
     assert steered.report.bytes_down == local.report.bytes_down + prior_bytes
+
+
+def test_scoring_the_merged_model_equals_the_peft_device_model(res):
+    """Evaluation scores the deployed (LoRA-merged) model: the same logits as the peft one."""
+    from fedspine.evaluation import deployed_model, device_model
+    from fedspine.methods.registry import get_method
+    from fedspine.server.run import make_server
+
+    server = make_server(res, get_method("fedspine"))
+    generator = torch.Generator().manual_seed(0)
+    for factors in server.global_lora.factors.values():  # a non-zero LoRA delta and head
+        factors.B.copy_(torch.randn(factors.B.shape, generator=generator) * 0.05)
+    for value in server.global_lora.head.values():
+        value.copy_(torch.randn(value.shape, generator=generator))
+    result = device_round(
+        res, res.fleet[0], DevicePlan(1, 4, target_sparsity=0.5, recipe=PRUNE, local_steps=4)
+    )
+    batch = res.test.batch(list(range(16)))
+    with torch.no_grad():
+        peft_logits = device_model(res.base, server.global_lora, result.uplink.kept)(**batch).logits
+        merged = deployed_model(res.base, server.global_lora, result.uplink.kept)
+        merged_logits = merged(**batch).logits
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    assert torch.allclose(peft_logits, merged_logits, atol=1e-5)

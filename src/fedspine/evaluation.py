@@ -5,9 +5,11 @@ Evaluation is server work: it is not added to simulated time. No Flower here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
+import torch
 
 from fedspine.generative_eval import evaluate_generation
 from fedspine.global_state import GlobalLora
@@ -40,22 +42,40 @@ def rows_cols(base: LoadedModel, kept: KeptIndices) -> tuple[dict, dict]:
     return ({n: r for n, (r, _) in per_module.items()}, {n: c for n, (_, c) in per_module.items()})
 
 
+def deployed_model(base: LoadedModel, global_lora: GlobalLora, kept: KeptIndices):
+    """A device's model as it is deployed: the pruned base with the global LoRA merged in.
+
+    It computes what `device_model` does (to float rounding) without peft's per-module
+    wrapper and its two extra matmuls per layer: about 17% faster to score (MiniLM, 1 thread).
+    """
+    return device_model(base, global_lora, kept).merge_and_unload()
+
+
+def scoring_precision(res: RunResources):
+    """The forward passes of scoring run at the run's training precision (`train.precision`):
+    under bf16 autocast on CPU (AMX) MiniLM scores 3x faster than in fp32."""
+    if res.config.train.precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def evaluate_device(
     res: RunResources, global_lora: GlobalLora, kept: KeptIndices, data: TokenisedData
 ) -> dict:
     """{"accuracy", "loss"} of a device model; generate: accuracy is the primary answer score
     and "per_category" is added."""
-    model = device_model(res.base, global_lora, kept)
-    if not res.generative:
-        return evaluate(model, data)
-    return evaluate_generation(
-        model,
-        res.base.tokenizer,
-        data,
-        res.label_names,
-        res.config.eval.max_new_tokens,
-        res.answer_metrics,
-    )
+    model = deployed_model(res.base, global_lora, kept)
+    with scoring_precision(res):
+        if not res.generative:
+            return evaluate(model, data)
+        return evaluate_generation(
+            model,
+            res.base.tokenizer,
+            data,
+            res.label_names,
+            res.config.eval.max_new_tokens,
+            res.answer_metrics,
+        )
 
 
 def final_eval_subset(res: RunResources) -> TokenisedData:

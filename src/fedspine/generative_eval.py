@@ -12,13 +12,12 @@ small one. Evaluation is server work and is not added to simulated time. No Flow
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections import defaultdict
 
-import jiwer
 import torch
-from rouge_score import rouge_scorer
 
 from fedspine.train import TokenisedData, end_token_id
 
@@ -32,7 +31,15 @@ SCORE_DEFINITION = (
 )
 _PHONEME = re.compile(r"^[A-Z]{1,2}[0-2]?$")  # an ARPAbet symbol, with its stress digit
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-_ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+@functools.cache
+def _rouge():
+    """Imported on first use: rouge-score pulls in nltk, scipy and scikit-learn (about 100 MB
+    of every process's memory), which a classification run never needs."""
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
 def normalise(text: str) -> str:
@@ -63,7 +70,7 @@ def _metric_of(references: list[str]) -> str:
 def answer_score(prediction: str, reference: str, metric: str) -> float:
     if metric == "exact":
         return float(normalise(prediction) == normalise(reference))
-    return float(_ROUGE.score(reference, prediction)["rougeL"].fmeasure)
+    return float(_rouge().score(reference, prediction)["rougeL"].fmeasure)
 
 
 def score_answers(
@@ -74,6 +81,8 @@ def score_answers(
     metrics: dict[int, str] | None = None,
 ) -> dict:
     """{"score": mean over categories, "per_category": {name: {metric, score, examples}}}."""
+    import jiwer  # here, not at module level, like rouge-score
+
     metrics = metrics or category_metrics(references, categories)
     per: dict[int, list[float]] = defaultdict(list)
     contained: dict[int, list[float]] = defaultdict(list)

@@ -22,6 +22,7 @@ from fedspine.fleet.clock import conditions_at
 from fedspine.fleet.probe import simulate_probe
 from fedspine.flower import records
 from fedspine.logs import quiet_logs
+from fedspine.memory import release_freed_memory
 from fedspine.protocol import Registration
 from fedspine.pruning import ModelScores
 from fedspine.pruning.fleet_importance import scores_to_tensors, tensors_to_scores
@@ -100,6 +101,7 @@ def train(msg: Message, context: Context) -> Message:
     round_num = downlink.plan.round_num
     prior = _load_scores(context, store, round_num)
     result = run_device_round(res, device, downlink, prior_scores=prior)
+    release_freed_memory()  # the round's model is gone: keep the worker's memory flat
     _store_scores(context, store, round_num, result.carried_scores)
     # 3. Reply: LoRA in the device's own coordinates and rank, its kept map and its report.
     report = dataclasses.replace(result.uplink.report, handler_wall_s=time.perf_counter() - start)

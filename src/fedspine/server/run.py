@@ -25,6 +25,7 @@ from fedspine.fleet.faults import availability_spec_from, fault_spec_from
 from fedspine.fleet.unreliable import UnreliableChannel
 from fedspine.global_state import GlobalLora
 from fedspine.lora.peft_io import attach_lora, get_head_state, get_lora_factors
+from fedspine.memory import release_freed_memory
 from fedspine.methods.registry import MethodSpec, get_method
 from fedspine.protocol import (
     Downlink,
@@ -171,6 +172,7 @@ class _RoundLoop:
             )
         train_done = time.perf_counter()
         metrics = evaluate_round(self.res, self.server, outcome)
+        release_freed_memory()  # the scored models are gone: keep the server's memory flat
         pos.sim_s += outcome.time_s
         pos.wall_s += time.perf_counter() - start
         row = {
@@ -351,6 +353,7 @@ def run_federation(
     progress.phase("evaluating every device's final model")
     devices = final_device_scores(res, server)
     global_scores = evaluate_device(res, server.global_lora, full_kept(res), res.test)
+    release_freed_memory()
     save_server_state(run_dir, server)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     wall_s = loop.earlier_s + time.perf_counter() - started
