@@ -95,3 +95,15 @@ def test_default_tiers_are_the_papers_fleet():
         ("xavier-nx", 40),
         ("agx-xavier", 10),
     ]
+
+
+def test_auto_precision_is_resolved_once_to_what_the_cpu_computes_natively(monkeypatch):
+    import fedspine.config as config_module
+
+    for native in ("bf16", "fp32"):
+        monkeypatch.setattr(config_module, "native_precision", lambda native=native: native)
+        config = load_config("smoke", overrides=["train.precision=auto"])
+        assert config.train.precision == native  # what config.toml and the workers see
+    assert load_config("smoke", overrides=["train.precision=fp32"]).train.precision == "fp32"
+    with pytest.raises(ConfigError, match="train.precision must be one of: auto, fp32, bf16"):
+        load_config("smoke", overrides=["train.precision=fp16"])

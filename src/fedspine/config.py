@@ -27,7 +27,7 @@ from fedspine.pruning.selection import SELECTION_MODES
 
 TARGET_MODES = ("uniform", "budget")
 TASKS = ("classify", "generate")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")  # auto is resolved once, in load_config
 _REWARD = RewardWeights()  # the reward's defaults have one home: bandit/reward.py
 
 
@@ -99,8 +99,9 @@ class TrainSection:
     learning_rate: float = 1e-3  # LoRA factors
     head_learning_rate: float = 2e-3  # the new classification head
     lr_decay: float = 1.0  # both rates x this per round after the first (1 = constant)
-    # fp32 | bf16: bf16 autocast of the local forward passes (backward follows); weights and
-    # LoRA factors stay fp32. Uses AMX/AVX512-BF16 where the CPU has it.
+    # fp32 | bf16 | auto: bf16 autocast of the forward passes of local training and scoring
+    # (backward follows); weights and LoRA factors stay fp32. auto = bf16 where the CPU has
+    # native bf16 (AVX512-BF16 or AMX), else fp32; config.toml records what it resolved to.
     precision: str = "fp32"
     logit_adjustment: float = 0.0  # tau: local loss on logits + tau*log(local label prior); 0 = off
     weight_decay: float = 0.0
@@ -357,7 +358,18 @@ def load_config(
     if overrides:
         config = _apply(config, parse_set_overrides(overrides), "--set")
     validate(config)
+    if config.train.precision == "auto":  # resolved here, so every worker trains alike
+        train = dataclasses.replace(config.train, precision=native_precision())
+        config = dataclasses.replace(config, train=train)
     return config
+
+
+def native_precision() -> str:
+    """bf16 where this CPU computes it natively (oneDNN's check: AVX512-BF16 or AMX), else
+    fp32: emulated bf16 is slower than fp32."""
+    import torch
+
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 
 def _check(condition: bool, message: str) -> None:
