@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from fedspine.data.partition import partition_indices, partition_summary
+from fedspine.data.partition import device_partitions, partition_indices, partition_summary
 from fedspine.errors import ConfigError, DataError
 
 NUM_CLASSES = 5
@@ -90,9 +90,9 @@ def test_self_balancing_evens_out_sizes() -> None:
 
 
 def test_more_devices_than_examples_names_the_fix() -> None:
-    with pytest.raises(DataError, match="lower num_devices or use more data"):
+    with pytest.raises(DataError, match="or set data.reuse_partitions=true"):
         partition_indices([0, 1, 0], num_partitions=4, alpha=None, seed=0)
-    with pytest.raises(DataError, match="lower num_devices or use more data"):
+    with pytest.raises(DataError, match="or set data.reuse_partitions=true"):
         partition_indices([0, 1] * 10, num_partitions=5, alpha=1.0, seed=0, min_size=5)
 
 
@@ -125,3 +125,21 @@ def test_summary_counts_match_the_partitions() -> None:
         {"partition": 1, "size": 4, "label_counts": [1, 1, 2]},
         {"partition": 2, "size": 0, "label_counts": [0, 0, 0]},
     ]
+
+
+def test_reused_partitions_give_a_fleet_larger_than_the_data_a_partition_each():
+    labels = [i % 3 for i in range(60)]  # room for 7 partitions of 8
+    parts = device_partitions(labels, 20, alpha=0.5, seed=0, min_size=8, reuse=True)
+    assert len(parts) == 20 and all(len(p) >= 8 for p in parts)
+    distinct = {id(p) for p in parts}
+    assert len(distinct) == 60 // 8  # device d uses partition d mod 7 (the same list object)
+    assert parts[0] is parts[7] and parts[3] is parts[17]
+    # the distinct partitions are disjoint and cover the data
+    covered = sorted(i for p in {id(p): p for p in parts}.values() for i in p)
+    assert covered == list(range(60))
+    # a fleet the data can hold is partitioned as before, reuse or not
+    assert device_partitions(labels, 5, 0.5, 0, 8, reuse=True) == partition_indices(
+        labels, 5, 0.5, 0, min_size=8
+    )
+    with pytest.raises(DataError, match="reuse_partitions"):
+        device_partitions(labels, 20, alpha=0.5, seed=0, min_size=8)

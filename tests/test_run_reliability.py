@@ -83,3 +83,15 @@ def test_an_interrupted_server_resumes_to_the_uninterrupted_record(tmp_path, met
     assert without_wall_fields(resumed_rows) == without_wall_fields(straight_rows)
     for key in ("final_accuracy", "global_accuracy", "sim_time_s", "mean_sparsity", "devices"):
         assert json.dumps(resumed[key]) == json.dumps(straight[key])
+
+
+def test_without_catch_up_devices_end_where_their_rounds_left_them(tmp_path):
+    """pruning.catch_up=false (the paper's setting): no catch-up round; a device never
+    sampled stays unpruned, and every device reports the sparsity it really reached."""
+    settings = ["run.method=fedspine", "pruning.catch_up=false", "run.rounds=1"]
+    _, summary, rows = _run(tmp_path, "no-catch-up", settings)
+    assert len(rows) == 1 and not any(r.get("final_round") for r in rows)
+    sampled = {p["device"]: p["prune_ratio"] for p in rows[0]["participants"] if p["ok"]}
+    for device in summary["devices"]:
+        assert device["prune_ratio"] == pytest.approx(sampled.get(device["id"], 0.0))
+    assert any(d["prune_ratio"] == 0.0 for d in summary["devices"])  # 3 of 6 never sampled

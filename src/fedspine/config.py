@@ -78,6 +78,10 @@ class DataSection:
     iid: bool = False  # ignore alpha and split uniformly at random
     max_seq_len: int = 48  # tokens per example (longer texts are truncated)
     max_train_examples: int = 0  # 0 = use all training examples
+    # A fleet larger than the data allows (devices x train.batch_size > examples): split the
+    # data into as many partitions as it allows and give device d partition d mod that count
+    # (devices share data; for scale tests). false: such a fleet is an error.
+    reuse_partitions: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,10 @@ class FleetSection:
 @dataclass(frozen=True)
 class PruningSection:
     target_sparsity: float = 0.5  # share of heads and FFN channels every device ends without
+    # After the planned rounds, catch-up rounds bring every device short of its target there
+    # (rarely sampled ones too). false: devices end where their rounds left them, as in the
+    # paper, where only sampled devices prune; a catch-up costs one device round per laggard.
+    catch_up: bool = True
     prune_interval: int = 20  # local steps between pruning steps (K)
     importance: str = "lora-taylor"  # lora-taylor | magnitude | taylor (calibration, full grads)
     ema_beta: float = 0.9  # smoothing of importance over local iterations

@@ -17,7 +17,7 @@ import numpy as np
 from fedspine.config import Config, FleetSection, config_from_dict
 from fedspine.data.instructions import load_instructions
 from fedspine.data.loading import TextDataset, load_dataset, train_test_split
-from fedspine.data.partition import partition_indices
+from fedspine.data.partition import device_partitions
 from fedspine.fleet.inference_budget import CostPoint, calibrated_budget_ms, cost_curve
 from fedspine.fleet.profiles import (
     FLOPS_PER_TFLOP,
@@ -113,8 +113,13 @@ def build_resources(config: Config) -> RunResources:
     n_eval = min(config.data.round_eval_examples, len(test))
     eval_idx = np.sort(np.random.default_rng(seed + 1).choice(len(test), n_eval, replace=False))
     alpha = None if config.data.iid else config.data.dirichlet_alpha
-    partitions = partition_indices(
-        train.labels, config.fleet.num_devices, alpha, seed, min_size=config.train.batch_size
+    partitions = device_partitions(
+        train.labels,
+        config.fleet.num_devices,
+        alpha,
+        seed,
+        config.train.batch_size,
+        config.data.reuse_partitions,
     )
     spec = fleet_spec_from(config.fleet, seed)
     curve, budget = inference_budget(config, base.model.config, spec)

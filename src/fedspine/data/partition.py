@@ -37,6 +37,24 @@ def partition_indices(
     return [sorted(part) for part in parts]
 
 
+def device_partitions(
+    labels: Sequence[int],
+    num_devices: int,
+    alpha: float | None,
+    seed: int,
+    min_size: int,
+    reuse: bool = False,
+) -> list[list[int]]:
+    """Each device's example indices: `partition_indices` over the devices, or, with `reuse`
+    and more devices than the data can give `min_size` examples each, over the
+    `len(labels) // min_size` partitions it can, device d taking partition d mod that count
+    (the same list object, so a large fleet costs no more memory than its data)."""
+    if not reuse or num_devices * min_size <= len(labels):
+        return partition_indices(labels, num_devices, alpha, seed, min_size=min_size)
+    parts = partition_indices(labels, max(1, len(labels) // min_size), alpha, seed, min_size)
+    return [parts[d % len(parts)] for d in range(num_devices)]
+
+
 def _validate(num_examples: int, num_partitions: int, alpha: float | None, min_size: int) -> None:
     if num_partitions < 1:
         raise ConfigError(f"The number of devices must be at least 1, got {num_partitions}.")
@@ -50,7 +68,8 @@ def _validate(num_examples: int, num_partitions: int, alpha: float | None, min_s
     if num_partitions * min_size > num_examples:
         raise DataError(
             f"Cannot give {num_partitions} devices at least {min_size} example(s) each from "
-            f"{num_examples} training examples: lower num_devices or use more data."
+            f"{num_examples} training examples: lower num_devices, use more data, or set "
+            "data.reuse_partitions=true to let devices share partitions."
         )
 
 

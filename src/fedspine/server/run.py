@@ -231,7 +231,7 @@ class _RoundLoop:
             self.train(server.plan_round(pos.next_round, present), **marks)
         # 3. Catch-up rounds: laggards (rarely sampled, late joiners, failed last time) prune
         # to the final target; retried for those away or failing, at most CATCH_UP_TRIES times.
-        while pos.final_tries < CATCH_UP_TRIES:
+        while config.pruning.catch_up and pos.final_tries < CATCH_UP_TRIES:
             final = server.plan_final(pos.next_round, self.admit(pos.next_round))
             pos.final_tries = pos.final_tries + 1 if final else CATCH_UP_TRIES
             if final:
@@ -347,7 +347,8 @@ def run_federation(
             )
     loop = _RoundLoop(res, server, channel, run_dir, progress, position)
     loop.step_flops, loop.round_bytes = step_flops, round_bytes
-    progress.start_rounds(config.run.round_limit + int(method.prunes), len(position.rows))
+    catch_up = method.prunes and config.pruning.catch_up
+    progress.start_rounds(config.run.round_limit + int(catch_up), len(position.rows))
     loop.run(config)
     # 5. Every device's final model, the global model, and the state for export.
     progress.phase("evaluating every device's final model")
