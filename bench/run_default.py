@@ -38,7 +38,7 @@ class PeakMemory:
             name = " ".join(proc.cmdline())
         except psutil.Error:
             return "other"
-        if "default_worker.py" in name or "ray::" in name:
+        if "default_worker.py" in name or "setup_worker.py" in name or "ray::" in name:
             return "ray_worker"
         return "ray_services"
 
