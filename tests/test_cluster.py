@@ -125,6 +125,21 @@ def test_unreachable_address_says_how_to_start_a_cluster():
         cluster.probe_address(f"127.0.0.1:{port}")
 
 
+def test_a_run_on_a_dead_address_stops_before_loading_anything(tmp_path, monkeypatch):
+    import fedspine.flower.simulation as simulation
+
+    def never(*_args):
+        raise AssertionError("resources were loaded")
+
+    monkeypatch.setattr(simulation, "load_resources", never)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ConfigError, match=r"cannot connect to the Ray cluster"):
+        simulation.simulate(config(f"run.ray_address=127.0.0.1:{port}"), tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []  # no run directory either
+
+
 # ----- what every machine must have -------------------------------------------------------
 def test_relative_data_or_model_paths_are_refused_on_a_cluster(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
