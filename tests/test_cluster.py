@@ -66,6 +66,7 @@ def test_placement_settings_are_recorded_in_config_toml():
 
 def test_compare_reuses_a_run_made_elsewhere_but_not_on_another_device(tmp_path):
     made = method_config(config("run.ray_address=10.0.0.1:6379", "run.client_cpus=2"), "fedlora")
+    assert (made.run.ray_address, made.run.client_cpus) == ("10.0.0.1:6379", 2.0)  # passed on
     (tmp_path / "config.toml").write_text(config_to_toml(made))
     check_reusable(tmp_path, method_config(config(), "fedlora"))  # placement only: reused
     with pytest.raises(ConfigError, match=r"train\.device"):
@@ -229,6 +230,18 @@ def test_cuda_without_a_gpu_says_why(monkeypatch, cuda_build, visible, why):
     with pytest.raises(ConfigError, match=r"train\.device=cuda but torch sees no GPU") as err:
         compute_device("cuda")
     assert why in str(err.value) and "\n" not in str(err.value)
+
+
+def test_resources_refuse_cuda_without_a_gpu_before_loading_anything(monkeypatch):
+    import fedspine.resources as resources
+
+    def never(*_args):
+        raise AssertionError("data was loaded")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(resources, "load_data", never)
+    with pytest.raises(ConfigError, match=r"train\.device=cuda but torch sees no GPU"):
+        resources.build_resources(config("train.device=cuda"))
 
 
 def test_batches_come_out_on_the_datas_device_and_subsets_keep_it():

@@ -84,9 +84,14 @@ def stop_head(head: subprocess.Popen, temp_dir: str) -> None:
     except subprocess.TimeoutExpired:
         head.kill()
         head.wait()
-    _, alive = psutil.wait_procs(procs, timeout=15)
+    _, alive = psutil.wait_procs(procs, timeout=5)
+    for proc in alive:  # SIGTERM first (Ray's own `ray stop` gives a grace period too)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=10)
     for proc in alive:
-        proc.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
     psutil.wait_procs(alive, timeout=10)
 
 

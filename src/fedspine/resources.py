@@ -108,13 +108,13 @@ def load_data(config: Config) -> tuple[TextDataset, TextDataset]:
 
 def build_resources(config: Config) -> RunResources:
     seed = config.run.seed
+    device = compute_device(config.train.device)  # before the (slow) loads: fail fast
     train_text, test_text = load_data(config)
     generative = config.data.task == "generate"
     if generative:
         base = load_causal_lm(config.model.source, seed)
     else:
         base = load_classifier(config.model.source, len(train_text.label_names), seed)
-    device = compute_device(config.train.device)
     if device.type != "cpu":
         base.model.to(device)
     train, test = (_tokenise(part, base.tokenizer, config) for part in (train_text, test_text))
