@@ -4,6 +4,7 @@ error logic (torch.cuda.is_available patched), never run."""
 
 import json
 import socket
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -216,8 +217,8 @@ def test_auto_and_cuda_pick_the_gpu_when_torch_sees_one(monkeypatch):
     ("cuda_build", "visible", "why"),
     [
         (None, None, "CPU-only build"),
-        ("12.4", "", "Ray hides GPUs from clients with run.client_gpus=0"),
-        ("12.4", None, "no CUDA device is visible"),
+        ("12.4", "", "CUDA_VISIBLE_DEVICES is empty"),
+        ("12.4", None, "torch sees no CUDA device"),
     ],
 )
 def test_cuda_without_a_gpu_says_why(monkeypatch, cuda_build, visible, why):
@@ -227,9 +228,32 @@ def test_cuda_without_a_gpu_says_why(monkeypatch, cuda_build, visible, why):
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     else:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
-    with pytest.raises(ConfigError, match=r"train\.device=cuda but torch sees no GPU") as err:
+    with pytest.raises(ConfigError, match=r"train\.device=cuda but this process .* no GPU") as err:
         compute_device("cuda")
     assert why in str(err.value) and "\n" not in str(err.value)
+
+
+def fake_ray(actor_id, gpu_ids):
+    """What compute_device asks Ray: inside an actor (a simulated client) or not, its GPUs."""
+    context = SimpleNamespace(get_actor_id=lambda: actor_id)
+    return SimpleNamespace(
+        is_initialized=lambda: True,
+        get_runtime_context=lambda: context,
+        get_gpu_ids=lambda: gpu_ids,
+    )
+
+
+def test_a_client_uses_a_gpu_only_when_ray_reserved_one(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the machine has GPUs
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    monkeypatch.setitem(sys.modules, "ray", fake_ray("actor-1", []))
+    assert compute_device("auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match=r"Ray reserved no GPU for this client.*client_gpus"):
+        compute_device("cuda")
+    monkeypatch.setitem(sys.modules, "ray", fake_ray("actor-1", [0]))
+    assert compute_device("cuda") == torch.device("cuda")
+    monkeypatch.setitem(sys.modules, "ray", fake_ray(None, []))  # the driver: its own GPUs
+    assert compute_device("auto") == torch.device("cuda")
 
 
 def test_resources_refuse_cuda_without_a_gpu_before_loading_anything(monkeypatch):
@@ -240,7 +264,7 @@ def test_resources_refuse_cuda_without_a_gpu_before_loading_anything(monkeypatch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(resources, "load_data", never)
-    with pytest.raises(ConfigError, match=r"train\.device=cuda but torch sees no GPU"):
+    with pytest.raises(ConfigError, match=r"train\.device=cuda but this process"):
         resources.build_resources(config("train.device=cuda"))
 
 

@@ -29,6 +29,7 @@ from fedspine.config import Config, RunSection, config_from_dict, config_to_dict
 from fedspine.data.instructions import BUNDLED_INSTRUCTIONS
 from fedspine.data.loading import BUNDLED_DATASETS
 from fedspine.errors import ConfigError, FedspineError
+from fedspine.logs import OFFLINE_ENV
 
 LOCAL_RAY = "local"  # ray.init's address for "always start a new local instance"
 CHECK_TIMEOUT_S = 180.0  # a node starts a worker and imports torch to answer the check
@@ -78,15 +79,16 @@ def probe_address(address: str) -> None:
 
 
 def connect_cluster(address: str) -> None:
-    """Attach this process to the Ray cluster at `address`; Flower then uses that connection."""
+    """Attach this process to the Ray cluster at `address`; Flower then uses that connection.
+
+    The run's workers get the driver's offline environment (a local Ray's workers inherit it;
+    a cluster's were started by `ray start` on their own machine) and its import path.
+    """
     import ray
 
+    env_vars = {**OFFLINE_ENV, "PYTHONPATH": worker_pythonpath()}
     try:
-        ray.init(
-            address=address,
-            runtime_env={"env_vars": {"PYTHONPATH": worker_pythonpath()}},
-            **_INIT_ARGS,
-        )
+        ray.init(address=address, runtime_env={"env_vars": env_vars}, **_INIT_ARGS)
     except (ConnectionError, RuntimeError, ValueError) as err:
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
