@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from fedspine.config import Config, config_from_dict, config_to_dict, read_toml
+from fedspine.config import PLACEMENT_KEYS, Config, config_from_dict, config_to_dict, read_toml
 from fedspine.errors import ConfigError
 from fedspine.methods.registry import method_names
 from fedspine.report.comparison import (
@@ -105,10 +105,11 @@ def is_finished_run(run_dir: Path) -> bool:
 
 
 def check_reusable(run_dir: Path, config: Config) -> None:
-    """A reused run must have been made with exactly this config, or the table would mislead."""
+    """A reused run must have been made with exactly this config, or the table would mislead
+    (where it ran, `PLACEMENT_KEYS`, may differ: a local rerun reuses a cluster's runs)."""
     saved = _flat(config_to_dict(config_from_dict(read_toml(run_dir / CONFIG_FILE))))
     wanted = _flat(config_to_dict(config))
-    differing = sorted(k for k in wanted if saved.get(k) != wanted[k])
+    differing = sorted(k for k in wanted if saved.get(k) != wanted[k] and k not in PLACEMENT_KEYS)
     if differing:
         raise ConfigError(
             f"{run_dir} was run with a different config ({', '.join(differing)}); "

@@ -28,6 +28,10 @@ from fedspine.pruning.selection import SELECTION_MODES
 TARGET_MODES = ("uniform", "budget")
 TASKS = ("classify", "generate")
 PRECISIONS = ("auto", "fp32", "bf16")  # auto is resolved once, in load_config
+COMPUTE_DEVICES = ("cpu", "cuda", "auto")  # train.device
+# settings that say where a run executes, not what it computes: a finished run made with other
+# values is still the same run (compare reuses it)
+PLACEMENT_KEYS = ("run.ray_address", "run.client_cpus", "run.client_gpus")
 _REWARD = RewardWeights()  # the reward's defaults have one home: bandit/reward.py
 
 
@@ -39,7 +43,13 @@ class RunSection:
     time_budget_s: float = 0.0  # >0: keep training past `rounds` until the simulated clock hits it
     max_rounds: int = 0  # cap on rounds under a time budget (0 = 3 x rounds)
     clients_per_round: int = 8  # devices sampled each round (capped at num_devices)
-    workers: int = 2  # parallel simulated clients (one CPU thread each)
+    workers: int = 2  # parallel simulated clients on the local Ray (one CPU thread each)
+    # "" = start a local Ray for the run (`workers` CPUs); "auto" or "host:port" = connect to
+    # a running Ray cluster (`ray start --head`), whose CPUs and GPUs then set how many clients
+    # run at once (docs/cluster.md)
+    ray_address: str = ""
+    client_cpus: float = 1.0  # Ray CPUs reserved per simulated client (and its torch threads)
+    client_gpus: float = 0.0  # Ray GPUs per simulated client: 0.25 packs 4 clients on a GPU
     sampling_seed_offset: int = 17  # participants are drawn from a stream seeded run.seed + this
     # comma-separated importable modules that register methods (each calls register_method);
     # imported wherever the config is validated, so simulation workers know them too
@@ -107,6 +117,9 @@ class TrainSection:
     # (backward follows); weights and LoRA factors stay fp32. auto = bf16 where the CPU has
     # native bf16 (AVX512-BF16 or AMX), else fp32; config.toml records what it resolved to.
     precision: str = "fp32"
+    # the torch device of the local loop and of evaluation: cpu | cuda | auto (cuda where the
+    # process sees a GPU). Ray shows a client a GPU only when run.client_gpus > 0
+    device: str = "cpu"
     logit_adjustment: float = 0.0  # tau: local loss on logits + tau*log(local label prior); 0 = off
     weight_decay: float = 0.0
     # eta_g: the global moves this share of the way to the round's aggregate (FedAvg with a
@@ -434,6 +447,7 @@ def validate(config: Config) -> None:
     )
     _check(fleet.arrival_round >= 0, "fleet.arrival_round must be >= 0 (0 = half-way)")
     _check(1 <= run.workers <= 64, "run.workers must be between 1 and 64")
+    _check_placement(run, train)
     _check(config.fleet.num_devices >= 1, "fleet.num_devices must be >= 1")
     _check(0.0 < data.test_fraction < 1.0, "data.test_fraction must be in (0, 1)")
     _check(data.task in TASKS, f"data.task must be one of: {', '.join(TASKS)}")
@@ -507,6 +521,40 @@ def validate(config: Config) -> None:
     )
     _check(config.eval.target_accuracy <= 1.0, "eval.target_accuracy is a share in [0, 1]")
     parse_tiers(config.fleet.tiers)
+
+
+def _check_placement(run: RunSection, train: TrainSection) -> None:
+    """Ray address, per-client resources and the torch device (see docs/cluster.md)."""
+    _check_ray_address(run.ray_address)
+    _check(
+        math.isfinite(run.client_cpus) and run.client_cpus > 0,
+        "run.client_cpus must be > 0 (Ray CPUs per simulated client, e.g. 1 or 0.5)",
+    )
+    gpus = run.client_gpus
+    _check(
+        math.isfinite(gpus) and gpus >= 0 and (gpus <= 1 or gpus == int(gpus)),
+        "run.client_gpus must be 0, a share of one GPU (e.g. 0.25) or a whole number",
+    )
+    _check(
+        train.device in COMPUTE_DEVICES,
+        f"train.device must be one of: {', '.join(COMPUTE_DEVICES)}",
+    )
+    _check(
+        gpus == 0 or train.device != "cpu",
+        "run.client_gpus reserves GPUs that train.device=cpu never uses; set train.device=cuda "
+        "(or auto), or run.client_gpus=0",
+    )
+
+
+def _check_ray_address(address: str) -> None:
+    if address in ("", "auto"):
+        return
+    host, sep, port = address.rpartition(":")
+    _check(
+        bool(sep and host) and port.isdigit() and 0 < int(port) < 65536 and "/" not in host,
+        f"run.ray_address {address!r} must be empty (a local Ray), auto, or host:port of a Ray "
+        "cluster's head (the address `ray start --head` prints, e.g. 10.0.0.1:6379)",
+    )
 
 
 def import_method_modules(text: str) -> None:

@@ -52,10 +52,10 @@ def deployed_model(base: LoadedModel, global_lora: GlobalLora, kept: KeptIndices
 
 
 def scoring_precision(res: RunResources):
-    """The forward passes of scoring run at the run's training precision (`train.precision`):
-    under bf16 autocast on CPU (AMX) MiniLM scores 3x faster than in fp32."""
+    """The forward passes of scoring run at the run's training precision (`train.precision`),
+    on the base model's device: under bf16 autocast on this CPU MiniLM scores 3x faster."""
     if res.config.train.precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(res.base.model.device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -3,7 +3,12 @@
 Server and every simulated client call `load_resources(config_json)`; the cache means a worker
 process loads the base model and tokenises the data once, not once per client call. All of it
 is derived deterministically from the config (seeded), so every process agrees on the split,
-the partition and the fleet without sending them around.
+the partition and the fleet without sending them around. The base model and the batches live
+on this process's `train.device` (`compute_device`), moved there once here.
+
+Nothing here is shared between processes but the config: on a Ray cluster each machine loads
+the model source and the data path itself, so both must resolve on every machine
+(docs/cluster.md); a packaged model's converted cache is built per machine.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedspine.compute_device import compute_device
 from fedspine.config import Config, FleetSection, config_from_dict
 from fedspine.data.instructions import load_instructions
 from fedspine.data.loading import TextDataset, load_dataset, train_test_split
@@ -103,13 +109,17 @@ def load_data(config: Config) -> tuple[TextDataset, TextDataset]:
 
 def build_resources(config: Config) -> RunResources:
     seed = config.run.seed
+    device = compute_device(config.train.device)  # before the (slow) loads: fail fast
     train_text, test_text = load_data(config)
     generative = config.data.task == "generate"
     if generative:
         base = load_causal_lm(config.model.source, seed)
     else:
         base = load_classifier(config.model.source, len(train_text.label_names), seed)
+    if device.type != "cpu":
+        base.model.to(device)
     train, test = (_tokenise(part, base.tokenizer, config) for part in (train_text, test_text))
+    train.device = test.device = str(device)
     n_eval = min(config.data.round_eval_examples, len(test))
     eval_idx = np.sort(np.random.default_rng(seed + 1).choice(len(test), n_eval, replace=False))
     alpha = None if config.data.iid else config.data.dirichlet_alpha

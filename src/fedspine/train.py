@@ -24,7 +24,8 @@ class TokenisedData:
     Classification: `labels` are the class ids. Instruction tuning (`prompt_lengths` set):
     each row is prompt + response + end token, `labels` are the categories, a batch's labels
     are the token ids with the prompt and the padding masked out (loss on the response only),
-    and `references` keeps the response text for scoring generations.
+    and `references` keeps the response text for scoring generations. Batches are built on
+    the CPU and handed out on `device` (where the process's model lives, `train.device`).
     """
 
     input_ids: list[list[int]]
@@ -32,6 +33,7 @@ class TokenisedData:
     pad_token_id: int
     prompt_lengths: list[int] | None = None
     references: list[str] | None = None
+    device: str = "cpu"
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -54,7 +56,7 @@ class TokenisedData:
             labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
             for i, index in enumerate(indices):
                 labels[i, : self.prompt_lengths[index]] = IGNORE_INDEX
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        return self._placed({"input_ids": ids, "attention_mask": mask, "labels": labels})
 
     def prompt_batch(self, indices: list[int] | np.ndarray) -> dict[str, torch.Tensor]:
         """Prompts only, left-padded, for batched generation."""
@@ -65,7 +67,12 @@ class TokenisedData:
         for i, row in enumerate(rows):
             ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
             mask[i, width - len(row) :] = 1
-        return {"input_ids": ids, "attention_mask": mask}
+        return self._placed({"input_ids": ids, "attention_mask": mask})
+
+    def _placed(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.device == "cpu":
+            return batch
+        return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
 
     def subset(self, indices: list[int]) -> TokenisedData:
         def pick(values):
@@ -77,6 +84,7 @@ class TokenisedData:
             self.pad_token_id,
             pick(self.prompt_lengths),
             pick(self.references),
+            self.device,
         )
 
 
@@ -194,7 +202,8 @@ def training_loss(
         return model(**batch).loss
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = model(**inputs).logits
-    return torch.nn.functional.cross_entropy(logits + logit_offset, batch["labels"])
+    offset = logit_offset.to(logits.device)  # built on the CPU; a no-op there
+    return torch.nn.functional.cross_entropy(logits + offset, batch["labels"])
 
 
 @torch.no_grad()
@@ -248,11 +257,12 @@ def train_local(
     `after_step` runs after the update (pruning happens there, then training continues); when
     it reports new parameters the optimizer is rebuilt with `new_optimizer` (fresh state).
     `logit_offset` (label_log_prior) is added to the logits of the training and probe losses.
-    `precision="bf16"` runs every forward pass (training and the loss probes) under CPU bf16
-    autocast; parameters, gradients and optimizer state stay fp32.
+    `precision="bf16"` runs every forward pass (training and the loss probes) under bf16
+    autocast on the model's device; parameters, gradients and optimizer state stay fp32.
     """
+    device_type = next(model.parameters()).device.type
     autocast = functools.partial(
-        torch.autocast, "cpu", dtype=torch.bfloat16, enabled=precision == "bf16"
+        torch.autocast, device_type, dtype=torch.bfloat16, enabled=precision == "bf16"
     )
     stream = batch_stream(len(data), batch_size, seed)
     probe = data.batch(next(batch_stream(len(data), batch_size, seed + 7919)))

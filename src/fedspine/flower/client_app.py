@@ -8,7 +8,9 @@ SuperNodes. The base model is loaded once per process (`load_resources` caches i
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from flwr.clientapp import ClientApp
 
 from fedspine.device_round import own_budget_target, run_device_round
 from fedspine.device_state import DeviceStateStore
+from fedspine.errors import ConfigError
 from fedspine.fleet.clock import conditions_at
 from fedspine.fleet.probe import simulate_probe
 from fedspine.flower import records
@@ -32,12 +35,14 @@ app = ClientApp()
 SCORES = "importance_ema"  # node-local state: the device's smoothed group importance
 
 
-def _threads() -> None:
-    """One torch thread per simulated client: two clients share two cores without thrashing.
+def _threads(msg: Message) -> None:
+    """One torch thread per CPU the client reserves (run.client_cpus, at least one): two
+    one-CPU clients share two cores without thrashing. FEDSPINE_CLIENT_THREADS overrides it.
 
     Also keeps library chatter (weight-loading bars, deprecation notes) out of the worker log.
     """
-    torch.set_num_threads(int(os.environ.get("FEDSPINE_CLIENT_THREADS", "1")))
+    cpus = json.loads(records.run_config(msg.content))["run"].get("client_cpus", 1)
+    torch.set_num_threads(int(os.environ.get("FEDSPINE_CLIENT_THREADS", max(1, int(cpus)))))
     quiet_logs(("transformers", "datasets"))
 
 
@@ -50,7 +55,7 @@ def _device(msg: Message, context: Context):
 @app.query()
 def describe(msg: Message, context: Context) -> Message:
     """Registration: the device says who it is and its hardware class (as a real one would)."""
-    _threads()
+    _threads(msg)
     res, device = _device(msg, context)
     request = records.decode_query(msg.content)
     probe = None
@@ -65,7 +70,14 @@ def describe(msg: Message, context: Context) -> Message:
 
 def _state_store(msg: Message, context: Context, device_id: int) -> DeviceStateStore | None:
     """The device's own storage: the run's folder in simulation, `state-dir` on a SuperNode."""
-    folder = records.device_state_dir(msg.content) or str(context.node_config.get("state-dir", ""))
+    in_run_dir = records.device_state_dir(msg.content)
+    if in_run_dir and not Path(in_run_dir).parent.is_dir():
+        raise ConfigError(
+            f"the run directory {Path(in_run_dir).parent} is not on {socket.gethostname()}, where "
+            "this device keeps its state: on a Ray cluster put --out on storage every machine "
+            "mounts at the same path (docs/cluster.md)"
+        )
+    folder = in_run_dir or str(context.node_config.get("state-dir", ""))
     return DeviceStateStore(Path(folder), device_id) if folder else None
 
 
@@ -92,7 +104,7 @@ def _store_scores(
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
-    _threads()
+    _threads(msg)
     # 1. Resources of this run and this device's identity; the typed down-link.
     res, device = _device(msg, context)
     downlink = records.decode_downlink(msg.content)

@@ -155,7 +155,7 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            state_dir = run_dir.path / DEVICE_STATE_DIR
+            state_dir = run_dir.path.absolute() / DEVICE_STATE_DIR  # workers have other cwds
             channel = GridChannel(grid, config, device_state_dir=state_dir)
             outcome["summary"] = run_federation(channel, config, run_dir, progress, resume)
         except BaseException as err:  # re-raised by simulate() after the simulation stops

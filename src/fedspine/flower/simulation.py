@@ -1,4 +1,8 @@
-"""Run one method in Flower's Simulation Engine, in process, and publish its run directory."""
+"""Run one method in Flower's Simulation Engine, in process, and publish its run directory.
+
+The engine runs on a local Ray started for the run, or on the Ray cluster at `run.ray_address`
+(`fedspine.cluster`: connected and checked here, before the first round).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Any
 
 from flwr.simulation import run_simulation
 
+from fedspine import cluster
 from fedspine.config import Config, config_to_dict
 from fedspine.flower.client_app import app as client_app
 from fedspine.flower.server_app import make_server_app
@@ -41,23 +46,22 @@ def simulate(
     quiet_logs()
     out = run_dir_path(config, out)
     check_out_dir(out)  # bad input fails here or in load_resources, before Ray starts
+    address = config.run.ray_address
+    if address:
+        cluster.check_portable_paths(config)
+        cluster.probe_address(address)
     load_resources(json.dumps(config_to_dict(config), sort_keys=True))
     if resume:  # a bad checkpoint fails here, before Ray starts, and the run stays as it was
         load_checkpoint(partial_path(out), config)
     run_dir = RunDirectory(out, reopen=True) if resume else new_run_dir(config, out)
     outcome: dict[str, Any] = {}
     server_app = make_server_app(config, run_dir, outcome, progress, resume)
-    backend = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {
-            "num_cpus": config.run.workers,
-            "include_dashboard": False,
-            "logging_level": "error",
-            "log_to_driver": False,
-        },
-    }
+    backend = cluster.backend_config(config.run)
     quiet_logs()  # again: importing the apps and the data stack resets library loggers
     try:
+        if address:  # Flower keeps an existing Ray connection (and shuts it down at the end)
+            cluster.connect_cluster(address)
+            cluster.check_cluster(config, run_dir.path)
         run_simulation(
             server_app=server_app,
             client_app=client_app,
@@ -71,4 +75,7 @@ def simulate(
     except BaseException:
         abandon_run(run_dir)
         raise
+    finally:
+        if address:
+            cluster.disconnect()
     return finish_run(config, run_dir, outcome["summary"])

@@ -68,10 +68,11 @@ def lora_scaling(peft_model: torch.nn.Module) -> float:
 
 
 def get_lora_factors(peft_model: torch.nn.Module) -> dict[str, LoraFactors]:
+    """Copies of the LoRA factors, on the CPU (what a message carries) wherever the model is."""
     return {
         name: LoraFactors(
-            A=layer.lora_A["default"].weight.detach().clone(),
-            B=layer.lora_B["default"].weight.detach().clone(),
+            A=layer.lora_A["default"].weight.detach().to("cpu", copy=True),
+            B=layer.lora_B["default"].weight.detach().to("cpu", copy=True),
         )
         for name, layer in lora_layers(peft_model).items()
     }
@@ -90,9 +91,10 @@ def set_lora_factors(peft_model: torch.nn.Module, factors: dict[str, LoraFactors
 
 
 def get_head_state(peft_model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The fully trained task head's weights, keyed like `classifier.weight`."""
+    """Copies of the fully trained task head's weights (on the CPU), keyed like
+    `classifier.weight`."""
     return {
-        _strip(name).replace(_SAVED, ""): param.detach().clone()
+        _strip(name).replace(_SAVED, ""): param.detach().to("cpu", copy=True)
         for name, param in peft_model.named_parameters()
         if _SAVED in name
     }
