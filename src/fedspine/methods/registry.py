@@ -104,6 +104,18 @@ def _max_tier_rank(config: Config) -> int:
     return max(int(r) for r in config.model.tier_ranks.split(","))
 
 
+def _flexlora_rank(config: Config) -> int:
+    """FlexLoRA's server holds the averaged full delta W_g itself, not a truncation of it: the
+    mean of one round's deltas has rank <= the sum of its participants' ranks, so a global of
+    that rank holds it exactly (the down-link then truncates it to each device's rank)."""
+    return _max_tier_rank(config) * min(config.run.clients_per_round, config.fleet.num_devices)
+
+
+def _full_rank(config: Config) -> int:
+    """0: the modules' full rank (resolved from the model): FLoRA's merged delta, exactly."""
+    return 0
+
+
 def _bandit_rank(config: Config) -> int:
     return config.bandit.rank_max
 
@@ -157,8 +169,18 @@ for _spec in (
     ),
     MethodSpec(
         "hetlora",
-        "ranks by device tier, zero-padded averaging, rank self-pruning, no model pruning "
+        "HetLoRA: ranks by device tier, zero-padded sparsity-weighted averaging (weights: "
+        "||B_k A_k||_F), truncation down, rank self-pruning, no model pruning "
         "(the paper's unpruned reference)",
+        "sparsity-weighted",
+        DeviceRecipe.RANK_SELF_PRUNE,
+        _tier_planner(sticky=True),
+        _max_tier_rank,
+    ),
+    MethodSpec(
+        "hetlora-examples",
+        "HetLoRA with example-count weights instead of the paper's norm weights (this "
+        "project's earlier simplified hetlora, kept for comparison)",
         "zero-pad",
         DeviceRecipe.RANK_SELF_PRUNE,
         _tier_planner(sticky=True),
@@ -166,11 +188,12 @@ for _spec in (
     ),
     MethodSpec(
         "flexlora",
-        "ranks by device tier, full-delta averaging with SVD redistribution, no pruning",
+        "FlexLoRA: ranks by device tier, example-weighted average of the full deltas held "
+        "exactly, SVD redistribution to each device's rank, no pruning",
         "masked-svd",
         DeviceRecipe.NONE,
         _tier_planner(sticky=False),
-        _max_tier_rank,
+        _flexlora_rank,
     ),
     MethodSpec(
         "prune-then-tune",
@@ -195,6 +218,24 @@ for _spec in (
         DeviceRecipe.PRUNE_AND_TUNE,
         _random,
         _bandit_rank,
+    ),
+    MethodSpec(
+        "flora",
+        "FLoRA: ranks by device tier, stacked uploads (exact sum of deltas) merged into the "
+        "base each round, fresh local LoRA each round, no pruning",
+        "stacking",
+        DeviceRecipe.NONE,
+        _tier_planner(sticky=False),
+        _full_rank,
+    ),
+    MethodSpec(
+        "fedsa-lora",
+        "FedSA-LoRA: one rank, only A shared and averaged, each device keeps its own B; "
+        "each device's own model is scored, no pruning",
+        "shared-a",
+        DeviceRecipe.LOCAL_B,
+        lambda config, n: FixedPlanner(config.model.lora_rank),
+        _lora_rank,
     ),
     MethodSpec(
         "fedspine-perdevice",
