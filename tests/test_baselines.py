@@ -250,3 +250,67 @@ def test_restrict_and_truncate_is_unchanged_for_the_svd_rules():
     g = {"q": factors(6, *SHAPES["q"], 3)}
     down = restrict_and_truncate(g, {}, {}, 6, S)["q"]
     torch.testing.assert_close(down.delta(S), g["q"].delta(), rtol=1e-9, atol=1e-9)
+
+
+# -- FLoRA through the server core (toy world of test_server_core: one 4 x 4 module) -------------
+
+
+def test_flora_server_sends_no_factors_and_charges_each_device_what_it_has_not_merged(tmp_path):
+    from fedspine.protocol import DeviceReport, Uplink
+    from fedspine.server.checkpoint import (
+        RunPosition,
+        load_checkpoint,
+        restore_server,
+        save_checkpoint,
+    )
+    from fedspine.server.core import Server
+    from test_server_core import FULL, coordinates, register
+
+    config = load_config("smoke", overrides=["run.method=flora", "model.tier_ranks=1,2,3"])
+    spec = get_method("flora")
+    assert spec.global_rank(config) == 0  # resolved to the modules' full rank: 4 here
+
+    def server() -> Server:
+        start = {"ffn": LoraFactors(A=torch.randn(4, 4), B=torch.zeros(4, 4))}
+        lora = GlobalLora(start, {"w": torch.zeros(2)}, S, 4, spec.aggregation)
+        made = Server(spec, config, lora, coordinates, FULL)
+        register(made)
+        return made
+
+    def play(srv, round_num):
+        plan = srv.plan_round(round_num)
+        replies, sent = {}, {}
+        for node, down in plan.items():
+            assert down.factors == {}  # a fresh LoRA on the device, nothing to send
+            if down.merged:  # the merged global delta, to add to its base
+                current = srv.global_lora.factors["ffn"].delta(S)
+                torch.testing.assert_close(down.merged["ffn"], current)
+            r = down.plan.lora_rank
+            g = torch.Generator().manual_seed(round_num * 100 + node)
+            trained = LoraFactors(
+                A=torch.randn(r, 4, generator=g), B=torch.randn(4, r, generator=g)
+            )
+            report = DeviceReport(ok=True, num_examples=10, time_s=1.0, lora_rank=r)
+            replies[node] = Uplink(report, FULL, {"ffn": trained}, {"w": torch.ones(2)})
+            sent[node] = (down, trained)
+        before = srv.global_lora.factors["ffn"].delta(S)
+        srv.absorb(round_num, replies)
+        step = sum(t.delta(S) for _, t in sent.values()) / len(sent)  # equal example counts
+        torch.testing.assert_close(srv.global_lora.factors["ffn"].delta(S), before + step)
+        return sent
+
+    original = server()
+    first = play(original, 1)
+    assert all(d.merged == {} and d.merged_wire_bytes == 0 for d, _ in first.values())
+    assert original.global_lora.stack_ranks == [sum(t.rank for _, t in first.values())]
+    save_checkpoint(tmp_path, config, original, RunPosition(next_round=2))
+    restored = server()
+    restore_server(restored, load_checkpoint(tmp_path, config)[0])
+    assert restored.global_lora.stack_ranks == original.global_lora.stack_ranks
+    for srv in (original, restored):
+        second = play(srv, 2)
+        assert all(d.merged for d, _ in second.values())
+        for node, (down, _) in second.items():
+            missed = srv.global_lora.stack_ranks[0]  # nobody has merged round 1's stack yet
+            assert down.merged_wire_bytes == 4 * min(missed * (4 + 4), 4 * 4)
+            assert srv.devices[node].synced == 1  # it merged what it was sent
