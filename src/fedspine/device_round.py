@@ -96,12 +96,11 @@ def _device_model(
     device: DeviceProfile,
     plan: DevicePlan,
     kept: KeptIndices,
-    down_factors: dict[str, LoraFactors],
     down_head: dict[str, torch.Tensor],
     merged: dict[str, torch.Tensor] | None = None,
 ) -> torch.nn.Module:
     """The device's pruned model (sliced from the shared base, plus FLoRA's merged delta)
-    with the down-linked LoRA (none: peft's fresh init)."""
+    with peft's seeded LoRA init and the down-linked head (the caller loads the LoRA)."""
     cfg = res.config
     model = build_pruned_model(res.base.model, kept)
     if merged:
@@ -144,7 +143,7 @@ def run_device_round(
     data = res.train.subset(res.partitions[device.device_id])
     local_b = plan.recipe is DeviceRecipe.LOCAL_B
     down_factors = downlink.factors
-    peft_model = _device_model(res, device, plan, downlink.kept, {}, downlink.head, downlink.merged)
+    peft_model = _device_model(res, device, plan, downlink.kept, downlink.head, downlink.merged)
     if local_b:  # B of the right (kept) height: its own, else peft's zero init
         initial = get_lora_factors(peft_model)
         own_b = own_b or {n: torch.zeros_like(f.B) for n, f in initial.items()}
