@@ -19,9 +19,15 @@ Aggregation rules (pure functions; `fedspine.lora.aggregators` wraps each in one
   counts as the previous global plus its progress (delta minus the rank-r_i copy it received),
   so what the down-link's truncation left out is not lost when low-rank devices report back.
   With every device at the global rank the two are identical.
-* ``zero-pad`` (HetLoRA): zero-pad A and B to ``max_rank`` and full width, average A and B
-  separately. Scaling is folded in symmetrically (sqrt(s_i) into each factor) so ranks with
-  different alpha / r are comparable; with equal scalings this is exactly FedIT's average.
+* ``zero-pad`` (HetLoRA simplified, ``hetlora-examples``): zero-pad A and B to ``max_rank``
+  and full width, average A and B separately with example-count weights. Scaling is folded in
+  symmetrically (sqrt(s_i) into each factor) so ranks with different alpha / r are comparable;
+  with equal scalings this is exactly FedIT's average.
+* ``sparsity-weighted`` (HetLoRA's paper): the same zero-padding, each device weighted by the
+  Frobenius norm of its delta s * B_k @ A_k (`delta_norm`, per module), normalised.
+* ``stacking`` (FLoRA): `stack_factors` stacks the devices' factors so B @ A is exactly the
+  example-weighted sum of their deltas; the aggregator adds it to the merged global delta.
+* ``shared-a`` (FedSA-LoRA): `average_shared_a` averages A alone; B never leaves a device.
 * ``fedavg`` (FedIT): equal ranks and shapes, no pruning: average A and B separately.
 
 Server learning rate (``step_toward``): the global may move only a share eta of the way from
