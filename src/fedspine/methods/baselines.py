@@ -58,6 +58,13 @@ Models with Heterogeneous Low-Rank Adaptations", NeurIPS 2024. Method ``flora``.
   round, a device that sat out rounds must catch up, as a real device keeping its merged base
   would. The simulated message carries the dense delta (simulated devices share one base in
   memory); the clock charges the wire bytes above, the cheaper of the two (favourable to it).
+  Not the most favourable reading, and why: a server could instead broadcast every round's
+  stack to all devices, so a participant would pay only the last stack on its round; but that
+  download then happens while the device is idle, and a slow device (1 MB/s) cannot take in a
+  10 MB stack during a 2-3 s round, so charging nothing for it would be wrong and charging it
+  needs a model of idle bandwidth this simulation does not have. Paying at participation for
+  what it has not merged is what it certainly costs; it is an upper bound on a device that
+  syncs in the background, and it dominates FLoRA's round time (docs/results/baselines.md).
   Deviations: a device's fresh LoRA uses the same seeded init each round (the paper does not
   say how it seeds); a pruned device would get the delta sliced to its kept rows / cols.
 
