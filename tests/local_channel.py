@@ -3,17 +3,28 @@ test drive `run_federation` on a real (tiny) model."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fedspine.device_round import own_budget_target, run_device_round
+from fedspine.device_state import DeviceStateStore
 from fedspine.protocol import Downlink, ProbeRequest, Registration
 
 
 class LocalChannel:
-    """Every device of `res.fleet`, addressed by made-up node ids unrelated to device ids."""
+    """Every device of `res.fleet`, addressed by made-up node ids unrelated to device ids.
 
-    def __init__(self, res) -> None:
+    Devices keep their state (importance EMA, FedSA-LoRA's own B) in memory, or with
+    `state_root` (the run's `device-state` folder) on storage as simulated devices do.
+    """
+
+    def __init__(self, res, state_root: Path | None = None) -> None:
         self.res = res
         self.node_of = {d.device_id: 1000 + 7 * d.device_id for d in res.fleet}
         self.scores: dict[int, object] = {}
+        self.own_b: dict[int, object] = {}
+        self.state_root = state_root
+        self.downlinks: list = []  # every down-link and reply, in delivery order (tests
+        self.uplinks: list = []  # inspect them)
 
     def register(self, request: ProbeRequest) -> dict[int, Registration]:
         fleet = self.res.fleet
@@ -29,10 +40,18 @@ class LocalChannel:
         device_of = {node: d for d, node in self.node_of.items()}
         replies = {}
         for node, downlink in downlinks.items():
+            self.downlinks.append(downlink)
             device = self.res.fleet[device_of[node]]
-            result = run_device_round(self.res, device, downlink, self.scores.get(node))
+            round_num = downlink.plan.round_num
+            store = DeviceStateStore(self.state_root, device.device_id) if self.state_root else None
+            own_b = store.load_own_b(round_num) if store else self.own_b.get(node)
+            result = run_device_round(self.res, device, downlink, self.scores.get(node), own_b)
             self.scores[node] = result.carried_scores
+            self.own_b[node] = result.carried_b
+            if store is not None and result.carried_b is not None:
+                store.save(round_num, None, result.carried_b)
             replies[node] = result.uplink
+            self.uplinks.append(result.uplink)
         return replies
 
 

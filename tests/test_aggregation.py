@@ -178,15 +178,33 @@ def test_slice_factors_takes_leading_components_at_kept_coordinates():
 
 
 def test_each_rule_is_one_registered_class_with_downlink_and_aggregate():
-    assert set(AGGREGATORS) == {"fedavg", "zero-pad", "masked-svd", "masked-svd-residual"}
+    assert set(AGGREGATORS) == {
+        "fedavg",
+        "zero-pad",
+        "sparsity-weighted",
+        "masked-svd",
+        "masked-svd-residual",
+        "stacking",
+        "shared-a",
+    }
     factors = {n: random_factors(4, o, i, 30 + k) for k, (n, (o, i)) in enumerate(SHAPES.items())}
     updates = [unpruned_update(4, 0, 10), unpruned_update(4, 10, 30)]
     for name in AGGREGATORS:
         rule = make_aggregator(name)
         down = rule.downlink(factors, S, {}, {}, 4)
-        assert {n: (f.B.shape, f.A.shape) for n, f in down.items()} == {
-            n: ((o, 4), (4, i)) for n, (o, i) in SHAPES.items()
+        a_only = rule.shares_only_a  # FedSA-LoRA: B never travels
+        assert {n: (None if a_only else f.B.shape, f.A.shape) for n, f in down.items()} == {
+            n: (None if a_only else (o, 4), (4, i)) for n, (o, i) in SHAPES.items()
         }
+        if a_only:
+            updates_of_rule = [
+                LoraUpload({n: LoraFactors(f.A, None) for n, f in u.factors.items()}, {}, {}, 1)
+                for u in updates
+            ]
+            assert all(
+                f.rank == 4 for f in rule.aggregate(factors, S, 4, updates_of_rule, 1.0).values()
+            )
+            continue
         merged = rule.aggregate(factors, S, 4, updates, 1.0)
         assert all(f.rank == 4 for f in merged.values())
     # factor averaging keeps the uploads' convention; masked SVD averages the deltas

@@ -179,7 +179,7 @@ def test_markdown_states_the_time_budget_and_each_runs_length(tmp_path):
 def test_default_methods_are_all_of_the_registry_with_fedspine_first():
     assert parse_methods(None) == list(default_methods())
     assert default_methods()[0] == "fedspine" and set(default_methods()) == set(method_names())
-    assert len(default_methods()) == 8
+    assert len(default_methods()) == 11
     assert parse_methods("hetlora, fedspine,hetlora") == ["hetlora", "fedspine"]
 
 

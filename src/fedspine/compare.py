@@ -192,7 +192,7 @@ def measure_full_test_accuracy(
     """
     from fedspine.evaluation import device_accuracies, every_kth_device
     from fedspine.pruning import KeptIndices
-    from fedspine.report.final_state import load_global_lora
+    from fedspine.report.final_state import load_global_lora, load_own_b
     from fedspine.resources import build_resources
 
     res = build_resources(config)  # data and base are the same for every method
@@ -202,8 +202,11 @@ def measure_full_test_accuracy(
         by_id = {s["id"]: s for s in structures}
         picked = every_kth_device(list(by_id), devices)
         kept = [KeptIndices.from_dict(by_id[i]["kept"]) for i in picked]
+        saved_b = load_own_b(run_dir)  # FedSA-LoRA: each device's own model
+        own_b = [saved_b.get(i) for i in picked] if saved_b is not None else None
+        accuracies = device_accuracies(res, global_lora, kept, res.test, own_b)
         result[method] = {
-            "accuracy": statistics.fmean(device_accuracies(res, global_lora, kept, res.test)),
+            "accuracy": statistics.fmean(accuracies),
             "devices": len(picked),
             "examples": len(res.test),
         }

@@ -22,6 +22,7 @@ from fedspine.fleet.inference_budget import deployed_latency_ms, fit_budget
 from fedspine.fleet.profiles import DeviceProfile
 from fedspine.lora.factors import LoraFactors
 from fedspine.lora.peft_io import (
+    add_to_base,
     attach_lora,
     get_head_state,
     get_lora_factors,
@@ -56,6 +57,7 @@ from fedspine.train import label_log_prior, make_optimizer, train_local
 class DeviceRoundResult:
     uplink: Uplink  # what the device sends back
     carried_scores: ModelScores | None = None  # its smoothed importance, kept across rounds
+    carried_b: dict[str, torch.Tensor] | None = None  # FedSA-LoRA: its own B, kept across rounds
 
 
 def own_budget_target(res: RunResources, device: DeviceProfile) -> dict:
@@ -94,24 +96,33 @@ def _device_model(
     device: DeviceProfile,
     plan: DevicePlan,
     kept: KeptIndices,
-    down_factors: dict[str, LoraFactors],
     down_head: dict[str, torch.Tensor],
+    merged: dict[str, torch.Tensor] | None = None,
 ) -> torch.nn.Module:
-    """The device's pruned model (sliced from the shared base) with the down-linked LoRA."""
+    """The device's pruned model (sliced from the shared base, plus FLoRA's merged delta)
+    with peft's seeded LoRA init and the down-linked head (the caller loads the LoRA)."""
     cfg = res.config
+    model = build_pruned_model(res.base.model, kept)
+    if merged:
+        add_to_base(model, merged)
     peft_model = attach_lora(
-        build_pruned_model(res.base.model, kept),
+        model,
         res.base.adapter,
         plan.lora_rank,
         cfg.model.lora_alpha_per_rank,
         cfg.model.lora_dropout,
         seed=cfg.run.seed + device.device_id,
     )
-    if down_factors:
-        set_lora_factors(peft_model, down_factors)
     if down_head:
         set_head_state(peft_model, down_head)
     return peft_model
+
+
+def with_own_b(
+    factors: dict[str, LoraFactors], own_b: dict[str, torch.Tensor]
+) -> dict[str, LoraFactors]:
+    """FedSA-LoRA: the down-linked (global) A with the device's own B."""
+    return {name: LoraFactors(A=f.A, B=own_b[name]) for name, f in factors.items()}
 
 
 def run_device_round(
@@ -119,24 +130,33 @@ def run_device_round(
     device: DeviceProfile,
     downlink: Downlink,
     prior_scores: ModelScores | None = None,
+    own_b: dict[str, torch.Tensor] | None = None,
 ) -> DeviceRoundResult:
     """Train (and prune) one device for one round and cost it on the simulated clock.
 
     `prior_scores` is the device's own importance EMA from earlier rounds; the down-link's
     `fleet_prior`, when the server shares one, the pooled fleet scores the EMA starts from
-    instead.
+    instead. `own_b`: FedSA-LoRA's B this device kept from its last round.
     """
     cfg, plan = res.config, downlink.plan
     steps = plan.local_steps or cfg.train.local_steps
     data = res.train.subset(res.partitions[device.device_id])
-    peft_model = _device_model(res, device, plan, downlink.kept, downlink.factors, downlink.head)
+    local_b = plan.recipe is DeviceRecipe.LOCAL_B
+    down_factors = downlink.factors
+    peft_model = _device_model(res, device, plan, downlink.kept, downlink.head, downlink.merged)
+    if local_b:  # B of the right (kept) height: its own, else peft's zero init
+        initial = get_lora_factors(peft_model)
+        own_b = own_b or {n: torch.zeros_like(f.B) for n, f in initial.items()}
+        down_factors = with_own_b(down_factors, own_b)
+    if down_factors:
+        set_lora_factors(peft_model, down_factors)
     # 1. A configuration over the device's memory budget fails on that device only.
     memory = training_memory_bytes(peft_model, cfg.train.batch_size, cfg.data.max_seq_len)
     memory_mb = memory / 2**20
     if exceeds_budget(memory, device, res.fleet_spec.memory_usable_fraction):
         error = f"training needs {memory_mb:.0f} MB, over the device's budget"
         report = DeviceReport(ok=False, error=error, train_memory_mb=memory_mb)
-        return DeviceRoundResult(Uplink(report, kept=downlink.kept), prior_scores)
+        return DeviceRoundResult(Uplink(report, kept=downlink.kept), prior_scores, own_b)
     # 2. Local training with scheduled prune steps (or one-shot pruning first).
     pruner = _Pruner(res, peft_model, downlink, steps, data, prior_scores)
     if pruner.one_shot_now:
@@ -165,6 +185,10 @@ def run_device_round(
     if plan.recipe is DeviceRecipe.RANK_SELF_PRUNE:
         rank = self_pruned_rank(factors, cfg.model.rank_tail_share)
         factors = truncate_rank(factors, rank)
+    kept_b = None
+    if local_b:  # FedSA-LoRA: B stays here for the next round; A alone goes up
+        kept_b = {name: f.B for name, f in factors.items()}
+        factors = {name: LoraFactors(A=f.A, B=None) for name, f in factors.items()}
     uploaded = pruner.importance.smoothed if pruner.importance is not None else None
     report = _round_report(
         res,
@@ -174,7 +198,8 @@ def run_device_round(
         pruner,
         stats,
         _payload(factors, head, uploaded),
-        _payload(downlink.factors, downlink.head, downlink.fleet_prior),
+        _payload(downlink.factors, downlink.head, downlink.fleet_prior)
+        + downlink.merged_wire_bytes,
     )
     report = replace(report, train_memory_mb=memory_mb, lora_rank=rank)
     if res.budget is not None:  # the deployed model's latency on this device's hardware
@@ -187,7 +212,8 @@ def run_device_round(
         )
         report = replace(report, latency_ms=latency)
     uplink = Uplink(report, pruner.kept, factors, head, uploaded)
-    return DeviceRoundResult(uplink, uploaded if uploaded is not None else prior_scores)
+    carried = uploaded if uploaded is not None else prior_scores
+    return DeviceRoundResult(uplink, carried, kept_b if local_b else own_b)
 
 
 def _round_report(

@@ -1,4 +1,5 @@
-"""`fedspine export`: one device's final model (its pruned structure + merged global LoRA)."""
+"""`fedspine export`: one device's final model (its pruned structure + merged global LoRA;
+FLoRA: the merged global delta; FedSA-LoRA: the global A with the device's own B)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from fedspine.errors import ConfigError
 from fedspine.evaluation import device_model
 from fedspine.models.loading import load_causal_lm, load_classifier
 from fedspine.pruning import KeptIndices, export_pruned
-from fedspine.report.final_state import load_global_lora
+from fedspine.report.final_state import load_global_lora, load_own_b
 from fedspine.report.record import CONFIG_FILE, read_summary
 
 
@@ -28,7 +29,8 @@ def export_device(run_dir: Path, device_id: int, out: Path) -> Path:
         num_labels = int(read_summary(run_dir)["num_labels"])
         base = load_classifier(config.model.source, num_labels, config.run.seed)
     kept = KeptIndices.from_dict(by_id[device_id]["kept"])
-    model = device_model(base, global_lora, kept)
+    saved_b = load_own_b(run_dir)  # FedSA-LoRA: the device's own B (None: another method)
+    model = device_model(base, global_lora, kept, saved_b.get(device_id) if saved_b else None)
     entry = by_id[device_id]
     pruned_for = None
     if "budget_ms" in entry:  # budget mode: the budget the device pruned itself to meet

@@ -36,6 +36,7 @@ class DeviceRecipe(str, enum.Enum):
     PRUNE_AND_TUNE = "prune-and-tune"  # prune toward the round's target every K steps
     ONE_SHOT_PRUNE = "one-shot-prune"  # prune to the target once, before training
     RANK_SELF_PRUNE = "rank-self-prune"  # HetLoRA: shed trailing LoRA components after training
+    LOCAL_B = "local-b"  # FedSA-LoRA: keep its own B across rounds, upload A only
     NONE = "none"  # LoRA training only
 
     @property
@@ -131,6 +132,12 @@ class Downlink:
     factors: dict[str, LoraFactors]  # the global LoRA in the device's coordinates and rank
     head: dict[str, torch.Tensor]
     fleet_prior: ModelScores | None = None  # pooled importance (pruning.share_importance)
+    # FLoRA: the merged global delta at the device's kept coordinates, added to its base
+    # before it trains a fresh LoRA; and the bytes that costs on the wire (the stacks of the
+    # rounds it missed, or the dense delta if smaller: a real device keeps its merged base,
+    # a simulated one is sent the whole delta because devices share one base in memory)
+    merged: dict[str, torch.Tensor] = field(default_factory=dict)
+    merged_wire_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -260,16 +267,19 @@ _SEP = "::"
 
 
 def factors_to_tensors(factors: dict[str, LoraFactors]) -> dict[str, torch.Tensor]:
+    """Flat `<module>::A` / `<module>::B`; an absent B (FedSA-LoRA's A-only messages) is not
+    sent, so it costs no bytes."""
     flat = {}
     for name, pair in factors.items():
         flat[f"{name}{_SEP}A"] = pair.A.contiguous()
-        flat[f"{name}{_SEP}B"] = pair.B.contiguous()
+        if pair.B is not None:
+            flat[f"{name}{_SEP}B"] = pair.B.contiguous()
     return flat
 
 
 def tensors_to_factors(flat: dict[str, torch.Tensor]) -> dict[str, LoraFactors]:
     names = {key.rsplit(_SEP, 1)[0] for key in flat}
-    return {n: LoraFactors(A=flat[f"{n}{_SEP}A"], B=flat[f"{n}{_SEP}B"]) for n in sorted(names)}
+    return {n: LoraFactors(A=flat[f"{n}{_SEP}A"], B=flat.get(f"{n}{_SEP}B")) for n in sorted(names)}
 
 
 def payload_bytes(tensors: dict[str, torch.Tensor]) -> int:

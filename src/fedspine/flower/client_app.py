@@ -33,6 +33,7 @@ from fedspine.resources import load_resources
 
 app = ClientApp()
 SCORES = "importance_ema"  # node-local state: the device's smoothed group importance
+OWN_B = "own_lora_b"  # node-local state: FedSA-LoRA's B, which never leaves the device
 
 
 def _threads(msg: Message) -> None:
@@ -81,24 +82,35 @@ def _state_store(msg: Message, context: Context, device_id: int) -> DeviceStateS
     return DeviceStateStore(Path(folder), device_id) if folder else None
 
 
-def _load_scores(context: Context, store: DeviceStateStore | None, round_num: int):
-    """The device's smoothed importance from earlier rounds (its storage, else node state)."""
+def _load_state(context: Context, store: DeviceStateStore | None, round_num: int):
+    """(smoothed importance, FedSA-LoRA's own B) from earlier rounds (its storage, else node
+    state)."""
     if store is not None:
-        return store.load(round_num)
-    if SCORES not in context.state:
-        return None
-    return tensors_to_scores(context.state[SCORES].to_torch_state_dict())
+        return store.load(round_num), store.load_own_b(round_num)
+    scores = own_b = None
+    if SCORES in context.state:
+        scores = tensors_to_scores(context.state[SCORES].to_torch_state_dict())
+    if OWN_B in context.state:
+        own_b = context.state[OWN_B].to_torch_state_dict()
+    return scores, own_b
 
 
-def _store_scores(
-    context: Context, store: DeviceStateStore | None, round_num: int, scores: ModelScores | None
+def _store_state(
+    context: Context,
+    store: DeviceStateStore | None,
+    round_num: int,
+    scores: ModelScores | None,
+    own_b: dict[str, torch.Tensor] | None,
 ) -> None:
-    if scores is None:
+    if scores is None and own_b is None:
         return
     if store is not None:
-        store.save(round_num, scores)
-    else:
+        store.save(round_num, scores, own_b)
+        return
+    if scores is not None:
         context.state[SCORES] = ArrayRecord(torch_state_dict=scores_to_tensors(scores))
+    if own_b is not None:
+        context.state[OWN_B] = ArrayRecord(torch_state_dict=own_b)
 
 
 @app.train()
@@ -111,10 +123,10 @@ def train(msg: Message, context: Context) -> Message:
     # 2. Train and prune locally, costed on the simulated clock.
     store = _state_store(msg, context, device.device_id)
     round_num = downlink.plan.round_num
-    prior = _load_scores(context, store, round_num)
-    result = run_device_round(res, device, downlink, prior_scores=prior)
+    prior, own_b = _load_state(context, store, round_num)
+    result = run_device_round(res, device, downlink, prior_scores=prior, own_b=own_b)
     release_freed_memory()  # the round's model is gone: keep the worker's memory flat
-    _store_scores(context, store, round_num, result.carried_scores)
+    _store_state(context, store, round_num, result.carried_scores, result.carried_b)
     # 3. Reply: LoRA in the device's own coordinates and rank, its kept map and its report.
     report = dataclasses.replace(result.uplink.report, handler_wall_s=time.perf_counter() - start)
     uplink = dataclasses.replace(result.uplink, report=report)

@@ -34,6 +34,9 @@ KEPT = "kept"  # ConfigRecord: the kept-index map as JSON
 LORA = "lora"  # ArrayRecord: "<module>::A" and "<module>::B"
 HEAD = "head"  # ArrayRecord: the task head's weights
 IMPORTANCE = "importance"  # ArrayRecord: group scores (down: fleet prior; up: device EMA)
+MERGED = "merged"  # ArrayRecord (down, FLoRA): the merged global delta per module
+MERGED_WIRE = "merged_wire"  # ConfigRecord (down, FLoRA): that delta's bytes on the wire
+WIRE_BYTES = "bytes"
 
 CONFIG_JSON = "config_json"
 STATE_DIR = "device_state_dir"  # in RUN: where simulated devices keep their state ("" = none)
@@ -119,11 +122,20 @@ def encode_downlink(config_json: str, downlink: Downlink, state_dir: str = "") -
         RUN: ConfigRecord({CONFIG_JSON: config_json, STATE_DIR: state_dir}),
         PLAN: ConfigRecord(to_record(downlink.plan)),
     }
-    return _encode(scalars, downlink.kept, downlink.factors, downlink.head, downlink.fleet_prior)
+    content = _encode(scalars, downlink.kept, downlink.factors, downlink.head, downlink.fleet_prior)
+    if downlink.merged:
+        content[MERGED] = _arrays({k: v.contiguous() for k, v in downlink.merged.items()})
+        content[MERGED_WIRE] = ConfigRecord({WIRE_BYTES: int(downlink.merged_wire_bytes)})
+    return content
 
 
 def decode_downlink(content: RecordDict) -> Downlink:
-    return Downlink(from_record(DevicePlan, dict(content[PLAN])), *_decode(content))
+    plan = from_record(DevicePlan, dict(content[PLAN]))
+    if MERGED not in content:
+        return Downlink(plan, *_decode(content))
+    merged = content[MERGED].to_torch_state_dict()
+    wire = int(content[MERGED_WIRE][WIRE_BYTES])
+    return Downlink(plan, *_decode(content), merged=merged, merged_wire_bytes=wire)
 
 
 def encode_uplink(uplink: Uplink) -> RecordDict:

@@ -19,9 +19,15 @@ Aggregation rules (pure functions; `fedspine.lora.aggregators` wraps each in one
   counts as the previous global plus its progress (delta minus the rank-r_i copy it received),
   so what the down-link's truncation left out is not lost when low-rank devices report back.
   With every device at the global rank the two are identical.
-* ``zero-pad`` (HetLoRA): zero-pad A and B to ``max_rank`` and full width, average A and B
-  separately. Scaling is folded in symmetrically (sqrt(s_i) into each factor) so ranks with
-  different alpha / r are comparable; with equal scalings this is exactly FedIT's average.
+* ``zero-pad`` (HetLoRA simplified, ``hetlora-examples``): zero-pad A and B to ``max_rank``
+  and full width, average A and B separately with example-count weights. Scaling is folded in
+  symmetrically (sqrt(s_i) into each factor) so ranks with different alpha / r are comparable;
+  with equal scalings this is exactly FedIT's average.
+* ``sparsity-weighted`` (HetLoRA's paper): the same zero-padding, each device weighted by the
+  Frobenius norm of its delta s * B_k @ A_k (`delta_norm`, per module), normalised.
+* ``stacking`` (FLoRA): `stack_factors` stacks the devices' factors so B @ A is exactly the
+  example-weighted sum of their deltas; the aggregator adds it to the merged global delta.
+* ``shared-a`` (FedSA-LoRA): `average_shared_a` averages A alone; B never leaves a device.
 * ``fedavg`` (FedIT): equal ranks and shapes, no pruning: average A and B separately.
 
 Server learning rate (``step_toward``): the global may move only a share eta of the way from
@@ -139,7 +145,7 @@ def to_full_delta(
 _OVERSAMPLE = 10
 
 
-def _factorise(delta: Tensor, rank: int) -> LoraFactors:
+def factorise(delta: Tensor, rank: int) -> LoraFactors:
     """Best rank-`rank` factors (scaling 1), singular values split evenly; zero-padded.
 
     Large matrices use a randomized range finder (q = rank + 10, 4 power iterations): exact
@@ -228,7 +234,7 @@ def aggregate_masked_svd(
         dtype = torch.float64 if torch.float64 in dtypes else torch.float32
         fallback = _previous_delta(previous, name, shape).to(dtype)
         mean = _masked_mean(updates, weights, name, fallback, scaling, keep_residual)
-        result[name] = _factorise(step_toward(fallback, mean, server_step), max_rank)
+        result[name] = factorise(step_toward(fallback, mean, server_step), max_rank)
     return result
 
 
@@ -256,38 +262,138 @@ def _padded_factors(
     return LoraFactors(A=A, B=B)
 
 
+def delta_norm(factors: LoraFactors, scaling: float = 1.0) -> float:
+    """||scaling * B @ A||_F from the factors: ||BA||^2 = sum((B^T B) * (A A^T)), which costs
+    O((out + in) r^2) instead of forming the out x in product."""
+    dtype = compute_dtype(factors.A)
+    A, B = factors.A.to(dtype), factors.B.to(dtype)
+    return abs(scaling) * math.sqrt(float(((B.T @ B) * (A @ A.T)).sum().clamp_min(0.0)))
+
+
+def _module_weights(
+    updates: list[LoraUpload], name: str, weighting: str, scaling: float
+) -> list[float]:
+    """One module's aggregation weights over the updates that carry it (unnormalised).
+
+    ``examples``: example counts (FedAvg). ``norm``: HetLoRA's sparsity weights, the Frobenius
+    norm of each device's delta s * B_k @ A_k of this module (equal weights if all are zero).
+    """
+    carrying = [u for u in updates if name in u.factors]
+    if weighting == "examples":
+        return _example_weights(carrying)
+    if weighting == "norm":
+        norms = [delta_norm(u.factors[name], scaling) for u in carrying]
+        return norms if sum(norms) > 0 else [1.0] * len(carrying)
+    raise ValueError(f"unknown weighting {weighting!r} (examples | norm)")
+
+
 def aggregate_zero_pad(
     updates: list[LoraUpload],
     full_shapes: Mapping[str, Shape],
     max_rank: int,
     scaling: float = 1.0,
     previous: Mapping[str, LoraFactors] | None = None,
+    weighting: str = "examples",
 ) -> dict[str, LoraFactors]:
     """HetLoRA: zero-pad to max rank and full width, average A and B separately.
 
     sqrt(scaling) is folded into each factor (1 keeps the uploads' convention). ``previous``
-    is used only for a module no device sent (it is kept as it was).
+    is used only for a module no device sent (it is kept as it was). ``weighting``: see
+    `_module_weights` (``norm`` is the HetLoRA paper's sparsity-weighted aggregation).
     """
     _check_names(updates, full_shapes)
-    weights = _example_weights(updates)
     result = {}
     for name, shape in full_shapes.items():
+        carrying = [u for u in updates if name in u.factors]
+        weights = _module_weights(carrying, name, weighting, scaling) if carrying else []
         padded = [
             (w, _padded_factors(u, name, shape, max_rank, scaling))
-            for u, w in zip(updates, weights, strict=True)
-            if name in u.factors
+            for u, w in zip(carrying, weights, strict=True)
         ]
         if not padded:
             result[name] = (
                 previous[name]
                 if previous and name in previous
-                else _factorise(torch.zeros(shape), max_rank)
+                else factorise(torch.zeros(shape), max_rank)
             )
             continue
         total = sum(w for w, _ in padded)
         result[name] = LoraFactors(
             A=sum(w * f.A for w, f in padded) / total, B=sum(w * f.B for w, f in padded) / total
         )
+    return result
+
+
+def stack_factors(
+    updates: list[LoraUpload], full_shapes: Mapping[str, Shape], scaling: float
+) -> dict[str, LoraFactors]:
+    """FLoRA's stacking: per module A = [A_1; ...; A_K], B = [p_1 B_1, ..., p_K B_K].
+
+    Each device's factors are placed at full width (zero rows / cols where it pruned), with
+    sqrt(scaling) folded into each and p_k = n_k / sum n (example counts), so the stacked
+    factors (scaling 1, rank sum r_k) satisfy B @ A = sum_k p_k s B_k A_k exactly. A module no
+    device sent gets rank-0 factors (a zero delta).
+    """
+    _check_names(updates, full_shapes)
+    result = {}
+    for name, shape in full_shapes.items():
+        carrying = [u for u in updates if name in u.factors]
+        weights = _example_weights(carrying) if carrying else []
+        total = sum(weights)
+        padded = [
+            (w / total, _padded_factors(u, name, shape, u.factors[name].rank, scaling))
+            for u, w in zip(carrying, weights, strict=True)
+        ]
+        dtype = torch.float64 if any(f.A.dtype == torch.float64 for _, f in padded) else None
+        dtype = dtype or torch.float32
+        result[name] = LoraFactors(
+            A=torch.cat([f.A.to(dtype) for _, f in padded] or [torch.zeros(0, shape[1])]),
+            B=torch.cat(
+                [p * f.B.to(dtype) for p, f in padded] or [torch.zeros(shape[0], 0)], dim=1
+            ),
+        )
+    return result
+
+
+def restricted_deltas(
+    global_factors: Mapping[str, LoraFactors],
+    rows: Mapping[str, Tensor | None],
+    cols: Mapping[str, Tensor | None],
+    scaling: float,
+) -> dict[str, Tensor]:
+    """Dense scaling * B @ A of each module at a device's kept rows / cols (FLoRA's merge)."""
+    result = {}
+    for name, factors in global_factors.items():
+        B = factors.B if rows.get(name) is None else factors.B[rows[name]]
+        A = factors.A if cols.get(name) is None else factors.A[:, cols[name]]
+        result[name] = LoraFactors(A=A, B=B).delta(scaling).to(factors.A.dtype)
+    return result
+
+
+def average_shared_a(
+    updates: list[LoraUpload], previous: Mapping[str, LoraFactors]
+) -> dict[str, LoraFactors]:
+    """FedSA-LoRA: example-weighted mean of the devices' A per input column over the devices
+    that kept it (a column no participant kept keeps its previous value); B is not uploaded,
+    so the global B is returned unchanged. Every device trains at the global rank."""
+    weights = _example_weights(updates)
+    result = {}
+    for name, old in previous.items():
+        total = torch.zeros(old.A.shape, dtype=compute_dtype(old.A))
+        cover = torch.zeros(old.A.shape[1], dtype=total.dtype)
+        for update, weight in zip(updates, weights, strict=True):
+            if name not in update.factors:
+                continue
+            A = update.factors[name].A
+            if A.shape[0] != old.A.shape[0]:
+                raise ValueError(f"{name}: device rank {A.shape[0]} != global {old.A.shape[0]}")
+            cols = _full_index(update.cols.get(name), old.A.shape[1])
+            if A.shape[1] != len(cols):
+                raise ValueError(f"{name}: A {tuple(A.shape)} does not match {len(cols)} kept cols")
+            total[:, cols] += weight * A.to(total.dtype)
+            cover[cols] += weight
+        mean = torch.where(cover > 0, total / cover.clamp_min(1e-30), old.A.to(total.dtype))
+        result[name] = LoraFactors(A=mean.to(old.A.dtype), B=old.B)
     return result
 
 

@@ -19,9 +19,12 @@ from fedspine.lora.aggregation import (
     LoraUpload,
     aggregate_masked_svd,
     aggregate_zero_pad,
+    average_shared_a,
+    factorise,
     fedavg_factors,
     restrict_and_truncate,
     slice_factors,
+    stack_factors,
     step_toward,
 )
 from fedspine.lora.factors import LoraFactors
@@ -32,6 +35,11 @@ Index = Mapping[str, Tensor | None]
 
 class Aggregator(Protocol):
     name: ClassVar[str]
+    # FLoRA: the global is a delta merged into every device's base, and a device trains a
+    # fresh LoRA on top each round (the server core sends the merged delta, no factors)
+    merges_into_base: ClassVar[bool]
+    # FedSA-LoRA: only A is shared; B stays on each device and never travels
+    shares_only_a: ClassVar[bool]
 
     def downlink(self, factors: Factors, scaling: float, rows: Index, cols: Index, rank: int):
         """The global LoRA restricted to a device's kept rows / cols, at the device's rank."""
@@ -62,6 +70,9 @@ def _scaled(factors: Factors, by: float) -> Factors:
 class _FactorAverage:
     """Rules that average A and B separately; the down-link takes the first r components."""
 
+    merges_into_base: ClassVar[bool] = False
+    shares_only_a: ClassVar[bool] = False
+
     def downlink(self, factors: Factors, scaling: float, rows: Index, cols: Index, rank: int):
         return slice_factors(factors, rows, cols, rank)
 
@@ -89,12 +100,24 @@ class FedAvg(_FactorAverage):
 
 
 class ZeroPad(_FactorAverage):
-    """HetLoRA as simplified here: zero-pad to the global rank and width, then average."""
+    """HetLoRA simplified (``hetlora-examples``): zero-pad to the global rank and width, then
+    average A and B with example-count weights."""
 
     name: ClassVar[str] = "zero-pad"
 
     def merge(self, factors, max_rank, uploads):
         return aggregate_zero_pad(uploads, full_shapes(factors), max_rank)
+
+
+class ZeroPadSparsityWeighted(_FactorAverage):
+    """HetLoRA as its paper defines it: zero-pad, then average A and B with each device's
+    weight the Frobenius norm of its delta B_k A_k (per module), normalised over the round;
+    the down-link truncates back to each device's rank (the first r_k components)."""
+
+    name: ClassVar[str] = "sparsity-weighted"
+
+    def merge(self, factors, max_rank, uploads):
+        return aggregate_zero_pad(uploads, full_shapes(factors), max_rank, weighting="norm")
 
 
 class MaskedSvd:
@@ -103,6 +126,8 @@ class MaskedSvd:
 
     name: ClassVar[str] = "masked-svd"
     keep_residual: ClassVar[bool] = False
+    merges_into_base: ClassVar[bool] = False
+    shares_only_a: ClassVar[bool] = False
 
     def downlink(self, factors: Factors, scaling: float, rows: Index, cols: Index, rank: int):
         return restrict_and_truncate(_scaled(factors, scaling), rows, cols, rank, scaling)
@@ -128,8 +153,62 @@ class MaskedSvdResidual(MaskedSvd):
     keep_residual: ClassVar[bool] = True
 
 
+class Stacking(MaskedSvd):
+    """FLoRA: the round's uploads stacked (exact sum of the example-weighted deltas) and merged
+    into the global delta, which is held exactly (`max_rank` = the modules' full rank).
+
+    The down-link restricted at a rank (`downlink`) is the merged model as LoRA factors, used
+    to evaluate and export it; a training device instead gets the dense merged delta to add to
+    its base and starts a fresh LoRA (`fedspine.server.core`).
+    """
+
+    name: ClassVar[str] = "stacking"
+    merges_into_base: ClassVar[bool] = True
+
+    def aggregate(self, factors, scaling, max_rank, uploads, server_step) -> Factors:
+        shapes = full_shapes(factors)
+        stacked = stack_factors(uploads, shapes, scaling)
+        merged = {}
+        for name, old in _scaled(factors, scaling).items():
+            previous = old.delta()
+            update = stacked[name].delta().to(previous.dtype)
+            merged[name] = factorise(previous + server_step * update, max_rank)
+        return _scaled(merged, 1.0 / scaling)
+
+
+class SharedA:
+    """FedSA-LoRA: A averaged by example count, B never leaves a device (down-links and
+    uploads carry A alone; the global B stays at its zero init and is never sent)."""
+
+    name: ClassVar[str] = "shared-a"
+    merges_into_base: ClassVar[bool] = False
+    shares_only_a: ClassVar[bool] = True
+
+    def downlink(self, factors: Factors, scaling: float, rows: Index, cols: Index, rank: int):
+        return {
+            name: LoraFactors(A=sliced.A, B=None)
+            for name, sliced in slice_factors(factors, rows, cols, rank).items()
+        }
+
+    def aggregate(self, factors, scaling, max_rank, uploads, server_step) -> Factors:
+        merged = average_shared_a(uploads, factors)
+        return {
+            name: LoraFactors(A=step_toward(factors[name].A, f.A, server_step), B=factors[name].B)
+            for name, f in merged.items()
+        }
+
+
 AGGREGATORS: dict[str, type] = {
-    rule.name: rule for rule in (FedAvg, ZeroPad, MaskedSvd, MaskedSvdResidual)
+    rule.name: rule
+    for rule in (
+        FedAvg,
+        ZeroPad,
+        ZeroPadSparsityWeighted,
+        MaskedSvd,
+        MaskedSvdResidual,
+        Stacking,
+        SharedA,
+    )
 }
 
 

@@ -15,10 +15,13 @@ def compute_dtype(tensor: Tensor) -> torch.dtype:
 
 @dataclass
 class LoraFactors:
-    """One LoRA module's factors; delta = scaling * B @ A."""
+    """One LoRA module's factors; delta = scaling * B @ A.
+
+    B is None only in a FedSA-LoRA message, where B never leaves the device (A alone travels).
+    """
 
     A: Tensor  # (r, in_kept)
-    B: Tensor  # (out_kept, r)
+    B: Tensor | None  # (out_kept, r)
 
     @property
     def rank(self) -> int:
@@ -26,5 +29,7 @@ class LoraFactors:
 
     def delta(self, scaling: float = 1.0) -> Tensor:
         """scaling * B @ A, computed in at least float32."""
+        if self.B is None:
+            raise ValueError("no B: an A-only (FedSA-LoRA) factor pair has no delta")
         dtype = compute_dtype(self.A)
         return scaling * (self.B.to(dtype) @ self.A.to(dtype))

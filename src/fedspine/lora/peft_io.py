@@ -43,6 +43,22 @@ def attach_lora(
     return get_peft_model(model, lora_config)
 
 
+@torch.no_grad()
+def add_to_base(model: torch.nn.Module, deltas: dict[str, torch.Tensor]) -> None:
+    """FLoRA: W <- W + delta for each named projection of a plain (pruned) base, before LoRA
+    is attached. New frozen tensors: the pruned model shares storage with the shared base, so
+    an in-place add would change every device's base."""
+    for name, delta in deltas.items():
+        layer = model.get_submodule(name)
+        if tuple(layer.weight.shape) != tuple(delta.shape):
+            raise ValueError(
+                f"{name}: merged delta {tuple(delta.shape)} does not fit the weight "
+                f"{tuple(layer.weight.shape)} (a device's pruned widths must match)"
+            )
+        merged = layer.weight.detach() + delta.to(layer.weight.dtype)
+        layer.weight = torch.nn.Parameter(merged, requires_grad=False)
+
+
 def is_causal_lm(model: torch.nn.Module) -> bool:
     """A model that generates text (a language-model head), not a sequence classifier."""
     can_generate = getattr(model, "can_generate", None)

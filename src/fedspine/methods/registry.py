@@ -1,7 +1,8 @@
 """The methods fedspine can run: one row each, owning everything that makes the method itself.
 
 A row names the method's planner (server policy), its aggregation rule, the rank of its global
-LoRA, its device recipe and whether its devices are probed at registration. Config
+LoRA, its device recipe and whether its devices are probed at registration. The baselines'
+papers, what we build of them and every deviation: `fedspine.methods.baselines`. Config
 validation, the CLI help and `fedspine compare`'s default list all read this registry, so a
 new method is one module plus one `register_method` call (see tests/test_method_registry.py).
 """
@@ -12,15 +13,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fedspine.fleet.profiles import parse_tiers
 from fedspine.lora.aggregators import AGGREGATORS
 from fedspine.methods.base import Planner
+from fedspine.methods.baselines import (
+    fedsa_planner,
+    flexlora_rank,
+    full_rank,
+    max_tier_rank,
+    tier_planner,
+)
 from fedspine.methods.fedspine import BanditPlanner
 from fedspine.methods.planners import (
     FixedPlanner,
     RandomPlanner,
     ScheduledPlanner,
-    TierRankPlanner,
 )
 from fedspine.protocol import DeviceRecipe
 
@@ -39,7 +45,8 @@ class MethodSpec:
     aggregation: str  # a key of fedspine.lora.aggregators.AGGREGATORS
     recipe: DeviceRecipe  # what its devices do besides LoRA training
     make_planner: Callable[[Config, int], Planner]  # (config, number of devices)
-    global_rank: Callable[[Config], int]  # the largest rank any of its devices can use
+    # rank of its global LoRA (>= any device's rank); 0 = the modules' full rank (exact)
+    global_rank: Callable[[Config], int]
     probes: Callable[[Config], bool] = _never  # devices time a step at registration
 
     @property
@@ -83,14 +90,6 @@ def method_names() -> tuple[str, ...]:
 # -- the built-in methods' pieces -----------------------------------------------------------------
 
 
-def tier_ranks(config: Config) -> dict[str, int]:
-    """HetLoRA / FlexLoRA: the rank of each announced tier, weakest tier first
-    (model.tier_ranks; tiers past the list take its last rank)."""
-    ranks = [int(r) for r in config.model.tier_ranks.split(",")]
-    tiers = sorted(parse_tiers(config.fleet.tiers), key=lambda t: t[1])
-    return {name: ranks[min(i, len(ranks) - 1)] for i, (name, *_) in enumerate(tiers)}
-
-
 def participation_rate(config: Config) -> float:
     """Expected share of devices picked per round (what the server's sampler does)."""
     return min(1.0, config.run.clients_per_round / config.fleet.num_devices)
@@ -98,10 +97,6 @@ def participation_rate(config: Config) -> float:
 
 def _lora_rank(config: Config) -> int:
     return config.model.lora_rank
-
-
-def _max_tier_rank(config: Config) -> int:
-    return max(int(r) for r in config.model.tier_ranks.split(","))
 
 
 def _bandit_rank(config: Config) -> int:
@@ -130,13 +125,6 @@ def _random(config: Config, num_devices: int) -> Planner:
     )
 
 
-def _tier_planner(sticky: bool) -> Callable[[Config, int], Planner]:
-    def make(config: Config, num_devices: int) -> Planner:
-        return TierRankPlanner(config.model.lora_rank, tier_ranks(config), sticky)
-
-    return make
-
-
 for _spec in (
     MethodSpec(
         "fedspine",
@@ -157,20 +145,31 @@ for _spec in (
     ),
     MethodSpec(
         "hetlora",
-        "ranks by device tier, zero-padded averaging, rank self-pruning, no model pruning "
+        "HetLoRA: ranks by device tier, zero-padded sparsity-weighted averaging (weights: "
+        "||B_k A_k||_F), truncation down, rank self-pruning, no model pruning "
         "(the paper's unpruned reference)",
+        "sparsity-weighted",
+        DeviceRecipe.RANK_SELF_PRUNE,
+        tier_planner(sticky=True),
+        max_tier_rank,
+    ),
+    MethodSpec(
+        "hetlora-examples",
+        "HetLoRA with example-count weights instead of the paper's norm weights (this "
+        "project's earlier simplified hetlora, kept for comparison)",
         "zero-pad",
         DeviceRecipe.RANK_SELF_PRUNE,
-        _tier_planner(sticky=True),
-        _max_tier_rank,
+        tier_planner(sticky=True),
+        max_tier_rank,
     ),
     MethodSpec(
         "flexlora",
-        "ranks by device tier, full-delta averaging with SVD redistribution, no pruning",
+        "FlexLoRA: ranks by device tier, example-weighted average of the full deltas held "
+        "exactly, SVD redistribution to each device's rank, no pruning",
         "masked-svd",
         DeviceRecipe.NONE,
-        _tier_planner(sticky=False),
-        _max_tier_rank,
+        tier_planner(sticky=False),
+        flexlora_rank,
     ),
     MethodSpec(
         "prune-then-tune",
@@ -195,6 +194,24 @@ for _spec in (
         DeviceRecipe.PRUNE_AND_TUNE,
         _random,
         _bandit_rank,
+    ),
+    MethodSpec(
+        "flora",
+        "FLoRA: ranks by device tier, stacked uploads (exact sum of deltas) merged into the "
+        "base each round, fresh local LoRA each round, no pruning",
+        "stacking",
+        DeviceRecipe.NONE,
+        tier_planner(sticky=False),
+        full_rank,
+    ),
+    MethodSpec(
+        "fedsa-lora",
+        "FedSA-LoRA: one rank, only A shared and averaged, each device keeps its own B; "
+        "each device's own model is scored, no pruning",
+        "shared-a",
+        DeviceRecipe.LOCAL_B,
+        fedsa_planner,
+        _lora_rank,
     ),
     MethodSpec(
         "fedspine-perdevice",

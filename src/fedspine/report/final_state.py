@@ -68,3 +68,31 @@ def load_global_lora(run_path: Path):
         factors, head, float(meta["scaling"]), int(meta["max_rank"]), meta["aggregation"]
     )
     return global_lora, devices
+
+
+OWN_B_FILE = "device_own_b.safetensors"  # FedSA-LoRA: every trained device's own LoRA B
+_OWN_B_SEP = "::"
+
+
+def save_own_b(run_path: Path, own_b: dict[int, dict[str, torch.Tensor]]) -> None:
+    """FedSA-LoRA's final device models are the global A with each device's own B: keep those
+    B (devices that never trained have none) so the models can be rebuilt after the run."""
+    tensors = {
+        f"{device}{_OWN_B_SEP}{name}": b.contiguous()
+        for device, by_name in own_b.items()
+        for name, b in by_name.items()
+    }
+    tmp = run_path / f".{OWN_B_FILE}.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, run_path / OWN_B_FILE)
+
+
+def load_own_b(run_path: Path) -> dict[int, dict[str, torch.Tensor]] | None:
+    """The saved own B per device id, or None when the run kept none (not FedSA-LoRA)."""
+    if not (run_path / OWN_B_FILE).is_file():
+        return None
+    result: dict[int, dict[str, torch.Tensor]] = {}
+    for key, tensor in load_file(str(run_path / OWN_B_FILE)).items():
+        device, name = key.split(_OWN_B_SEP, 1)
+        result.setdefault(int(device), {})[name] = tensor
+    return result

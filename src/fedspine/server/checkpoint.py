@@ -58,6 +58,7 @@ def server_state(server: Server) -> dict[str, Any]:
         "fleet_scores": server.fleet_scores,
         "factors": lora.factors,
         "head": lora.head,
+        "stack_ranks": lora.stack_ranks,
         # the process-global streams too: the aggregation's randomized SVD draws from torch's
         # (a resumed process has consumed it differently while loading)
         "torch_rng": torch.get_rng_state(),
@@ -73,6 +74,7 @@ def restore_server(server: Server, state: dict[str, Any]) -> None:
     server.fleet_scores = state["fleet_scores"]
     server.global_lora.factors = state["factors"]
     server.global_lora.head = state["head"]
+    server.global_lora.stack_ranks = list(state.get("stack_ranks", []))
     torch.set_rng_state(state["torch_rng"])
     np.random.set_state(state["numpy_rng"])
     random.setstate(state["python_rng"])

@@ -51,6 +51,7 @@ class DeviceRecord:
     last_rank: int = 0
     budget_ms: float | None = None  # budget mode: what it fitted, and its modelled latency
     latency_ms: float | None = None
+    synced: int = 0  # FLoRA: aggregations already merged into the device's base
 
     def view(self) -> DeviceView:
         return DeviceView(
@@ -68,6 +69,7 @@ class _InFlight:
     factors: dict
     rows: dict
     cols: dict
+    merges: int = 0  # FLoRA: aggregations merged into the delta it was sent
 
 
 @dataclass(frozen=True)
@@ -219,10 +221,17 @@ class Server:
         if final_round:  # the catch-up round's definition, whatever the planner proposed
             plan = replace(plan, target_sparsity=record.target)
         rows, cols = self.coordinates(record.kept)
-        factors = self.global_lora.downlink(rows, cols, plan.lora_rank)
-        self._in_flight[node] = _InFlight(factors, rows, cols)
+        lora = self.global_lora
         prior = self.fleet_scores if self.shares_importance else None
-        return Downlink(plan, record.kept, factors, self.global_lora.head, prior)
+        if lora.rule.merges_into_base:  # FLoRA: merged delta down, a fresh LoRA on the device
+            merges = len(lora.stack_ranks)
+            self._in_flight[node] = _InFlight({}, rows, cols, merges)
+            merged = lora.merged_delta(rows, cols) if merges else {}  # none before a merge
+            wire = lora.stack_bytes(record.synced, rows, cols)
+            return Downlink(plan, record.kept, {}, lora.head, prior, merged, wire)
+        factors = lora.downlink(rows, cols, plan.lora_rank)
+        self._in_flight[node] = _InFlight(factors, rows, cols)
+        return Downlink(plan, record.kept, factors, lora.head, prior)
 
     # -- absorbing replies ----------------------------------------------------------------------
     def absorb(self, round_num: int, replies: Mapping[int, Reply]) -> RoundOutcome:
@@ -273,6 +282,8 @@ class Server:
             missing = DeviceReport(ok=False, error=reply.reason, time_s=waited)
             return outcome(reply.status, missing), None
         report = reply.report
+        if sent is not None:  # the device ran its round, so it merged what it was sent
+            record.synced = max(record.synced, sent.merges)
         if deadline > 0 and report.time_s > deadline:
             error = f"replied after {report.time_s:.1f} s, past the {deadline:g} s deadline"
             late = DeviceReport(ok=False, error=error, time_s=deadline)
@@ -288,6 +299,7 @@ class Server:
             self.global_lora.head,
             self.coordinates,
             sent_rank or self.global_lora.max_rank,
+            self.global_lora.rule.shares_only_a,
         )
         if problem:
             rejected = replace(report, ok=False, error=f"rejected: {problem}")

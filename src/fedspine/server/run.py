@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import resource
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from fedspine.config import Config, config_to_dict
+from fedspine.errors import ConfigError
 from fedspine.evaluation import (
     device_accuracies,
     evaluate_device,
@@ -19,6 +22,7 @@ from fedspine.evaluation import (
     full_kept,
     representative,
     rows_cols,
+    stored_own_b,
 )
 from fedspine.fleet.cost import training_flops
 from fedspine.fleet.faults import availability_spec_from, fault_spec_from
@@ -35,8 +39,9 @@ from fedspine.protocol import (
     payload_bytes,
 )
 from fedspine.pruning import build_pruned_model, sparsity_report
-from fedspine.report.final_state import save_final_state
+from fedspine.report.final_state import save_final_state, save_own_b
 from fedspine.report.progress import NullProgress, RunProgress
+from fedspine.report.record import DEVICE_STATE_DIR
 from fedspine.report.summary import build_summary
 from fedspine.resources import RunResources, load_resources
 from fedspine.run_dir import RunDirectory
@@ -83,10 +88,17 @@ def full_peft_model(res: RunResources, rank: int):
     )
 
 
+def full_lora_rank(res: RunResources) -> int:
+    """The largest min(out, in) of the LoRA modules: a global LoRA of this rank holds any
+    delta exactly (FLoRA's merged delta, `global_rank` 0)."""
+    factors = get_lora_factors(full_peft_model(res, 1))
+    return max(min(f.B.shape[0], f.A.shape[1]) for f in factors.values())
+
+
 def initial_global_lora(res: RunResources, method: MethodSpec) -> GlobalLora:
     """Seeded LoRA init (A random, B zero) and the new head, shared by every device."""
     cfg = res.config
-    rank = method.global_rank(cfg)
+    rank = method.global_rank(cfg) or full_lora_rank(res)
     peft_model = full_peft_model(res, rank)
     return GlobalLora(
         get_lora_factors(peft_model),
@@ -110,9 +122,35 @@ def probe_workload(res: RunResources, global_lora: GlobalLora) -> tuple[float, i
     return step_flops, 2 * one_way
 
 
-def evaluate_round(res: RunResources, server: Server, outcome: RoundOutcome) -> dict:
-    """Accuracy of this round's models: the global model, or representative pruned devices."""
-    if not server.method.prunes:
+def own_b_reader(server: Server, state_root: Path | None) -> Callable[[int], dict | None] | None:
+    """FedSA-LoRA: reads a device's own B from its storage for scoring its own model (None for
+    every other method). A device that trained but left no B there is an error, not a silent
+    zero B: the harness scores only what the device really holds."""
+    if not server.global_lora.rule.shares_only_a:
+        return None
+
+    def read(device_id: int) -> dict | None:
+        own = stored_own_b(state_root, device_id) if state_root is not None else None
+        trained = any(r.device_id == device_id and r.rounds_seen for r in server.records())
+        if own is None and trained:
+            raise ConfigError(
+                f"fedsa-lora scores each device's own model, but device {device_id}'s B is "
+                f"not in {state_root} (devices must keep their state in the run's folder)"
+            )
+        return own
+
+    return read
+
+
+def evaluate_round(
+    res: RunResources,
+    server: Server,
+    outcome: RoundOutcome,
+    own_b: Callable[[int], dict | None] | None = None,
+) -> dict:
+    """Accuracy of this round's models: the global model, or representative devices' own
+    models (pruned methods: their structures; FedSA-LoRA: their own B)."""
+    if not server.method.prunes and own_b is None:
         return evaluate_device(res, server.global_lora, full_kept(res), res.round_eval)
     done = [server.devices[p.node_id] for p in outcome.participants if p.ok]
     records = {record.device_id: record for record in done}
@@ -124,7 +162,10 @@ def evaluate_round(res: RunResources, server: Server, outcome: RoundOutcome) -> 
         res.config.eval.round_devices,
     )
     lora = server.global_lora
-    scores = [evaluate_device(res, lora, records[d].kept, res.round_eval) for d in picks]
+    scores = [
+        evaluate_device(res, lora, records[d].kept, res.round_eval, own_b and own_b(d))
+        for d in picks
+    ]
     return {
         "accuracy": sum(s["accuracy"] for s in scores) / len(scores),
         "loss": sum(s["loss"] for s in scores) / len(scores),
@@ -155,6 +196,7 @@ class _RoundLoop:
         self.earlier_s = position.elapsed_s  # wall seconds of the run's earlier processes
         self.step_flops: float | None = None  # the registration probe's workload (probing
         self.round_bytes = 0  # methods), for devices that join mid-run
+        self.own_b = own_b_reader(server, run_dir.path / DEVICE_STATE_DIR)
 
     def train(self, downlinks: dict[int, Downlink], **marks: Any) -> None:
         pos = self.position
@@ -171,7 +213,7 @@ class _RoundLoop:
                 f"(round {round_num}): {first}"
             )
         train_done = time.perf_counter()
-        metrics = evaluate_round(self.res, self.server, outcome)
+        metrics = evaluate_round(self.res, self.server, outcome, self.own_b)
         release_freed_memory()  # the scored models are gone: keep the server's memory flat
         pos.sim_s += outcome.time_s
         pos.wall_s += time.perf_counter() - start
@@ -246,11 +288,18 @@ class _RoundLoop:
             self.train(server.plan_round(pos.next_round, present))
 
 
-def final_device_scores(res: RunResources, server: Server) -> list[dict]:
-    """Every device's final model (its structure + the final global LoRA) on the test subset."""
+def final_device_scores(
+    res: RunResources, server: Server, own_b: Callable[[int], dict | None] | None = None
+) -> list[dict]:
+    """Every device's final model (its structure + the final global LoRA; FedSA-LoRA: + its
+    own B) on the test subset."""
     records = server.records()
     accuracies = device_accuracies(
-        res, server.global_lora, [r.kept for r in records], final_eval_subset(res)
+        res,
+        server.global_lora,
+        [r.kept for r in records],
+        final_eval_subset(res),
+        [own_b(r.device_id) for r in records] if own_b else None,
     )
     rows = []
     for record, accuracy in zip(records, accuracies, strict=True):
@@ -279,9 +328,15 @@ def final_device_scores(res: RunResources, server: Server) -> list[dict]:
     return rows
 
 
-def save_server_state(run_dir: RunDirectory, server: Server) -> None:
-    """The final global LoRA and every device's structure, for `fedspine export`."""
+def save_server_state(
+    run_dir: RunDirectory, server: Server, own_b: Callable[[int], dict | None] | None = None
+) -> None:
+    """The final global LoRA and every device's structure, for `fedspine export` (FedSA-LoRA:
+    and every trained device's own B)."""
     lora = server.global_lora
+    if own_b is not None:
+        found = {r.device_id: own_b(r.device_id) for r in server.records()}
+        save_own_b(run_dir.path, {d: b for d, b in found.items() if b is not None})
     save_final_state(
         run_dir.path,
         lora.factors,
@@ -352,10 +407,10 @@ def run_federation(
     loop.run(config)
     # 5. Every device's final model, the global model, and the state for export.
     progress.phase("evaluating every device's final model")
-    devices = final_device_scores(res, server)
+    devices = final_device_scores(res, server, loop.own_b)
     global_scores = evaluate_device(res, server.global_lora, full_kept(res), res.test)
     release_freed_memory()
-    save_server_state(run_dir, server)
+    save_server_state(run_dir, server, loop.own_b)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     wall_s = loop.earlier_s + time.perf_counter() - started
     summary = build_summary(

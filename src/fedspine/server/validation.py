@@ -44,8 +44,10 @@ def factors_problem(
     rows: Mapping[str, torch.Tensor | None],
     cols: Mapping[str, torch.Tensor | None],
     max_rank: int,
+    a_only: bool = False,
 ) -> str | None:
-    """Factors must cover the global modules, fit the claimed structure and be finite."""
+    """Factors must cover the global modules, fit the claimed structure and be finite;
+    `a_only` (FedSA-LoRA): A alone, B must stay on the device."""
     if set(factors) != set(global_factors):
         missing = sorted(set(global_factors) - set(factors))[:2]
         extra = sorted(set(factors) - set(global_factors))[:2]
@@ -55,17 +57,20 @@ def factors_problem(
         row, col = rows.get(name), cols.get(name)
         out_w = full.B.shape[0] if row is None else len(row)
         in_w = full.A.shape[1] if col is None else len(col)
-        if pair.A.dim() != 2 or pair.B.dim() != 2:
+        if a_only != (pair.B is None):
+            return f"{name}: " + ("B must stay on the device" if a_only else "no LoRA B")
+        if pair.A.dim() != 2 or (pair.B is not None and pair.B.dim() != 2):
             return f"{name}: LoRA factors must be matrices"
         rank = pair.A.shape[0]
-        if tuple(pair.A.shape) != (rank, in_w) or tuple(pair.B.shape) != (out_w, rank):
+        b_shape = (out_w, rank) if pair.B is None else tuple(pair.B.shape)
+        if tuple(pair.A.shape) != (rank, in_w) or b_shape != (out_w, rank):
             return (
                 f"{name}: factors A {tuple(pair.A.shape)}, B {tuple(pair.B.shape)} do not fit "
                 f"its kept structure (A ({rank}, {in_w}), B ({out_w}, {rank}))"
             )
         if not 1 <= rank <= max_rank:
             return f"{name}: rank {rank} outside 1..{max_rank}"
-        if not (_finite(pair.A) and _finite(pair.B)):
+        if not (_finite(pair.A) and (pair.B is None or _finite(pair.B))):
             return f"{name}: non-finite LoRA values"
     return None
 
@@ -91,6 +96,7 @@ def uplink_problem(
     global_head: Mapping[str, torch.Tensor],
     coordinates: Coordinates,
     sent_rank: int,
+    a_only: bool = False,
 ) -> str | None:
     """The first reason not to aggregate this successful reply, or None when it is sound."""
     report = uplink.report
@@ -103,7 +109,7 @@ def uplink_problem(
     if problem:
         return problem
     rows, cols = coordinates(uplink.kept)
-    problem = factors_problem(uplink.factors, global_factors, rows, cols, sent_rank)
+    problem = factors_problem(uplink.factors, global_factors, rows, cols, sent_rank, a_only)
     if problem:
         return problem
     problem = head_problem(uplink.head, global_head)
