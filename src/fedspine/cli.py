@@ -368,6 +368,36 @@ def deploy_local(
     console.print(f"deploy-local wall time {time.perf_counter() - started:.0f}s")
 
 
+@app.command("make-certs")
+def make_certs(
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the files")],
+    host: Annotated[
+        list[str],
+        typer.Option(
+            "--host",
+            help="an IP or DNS name SuperNodes and the flwr CLI dial the SuperLink by "
+            "(repeatable; the first is the certificate's name)",
+        ),
+    ],
+    nodes: Annotated[int, typer.Option("--nodes", "-n", help="node key pairs to make")] = 1,
+) -> None:
+    """Write a test CA, the SuperLink's TLS certificate and one key pair per SuperNode.
+
+    ca.crt goes to every SuperNode and the flwr CLI; server.pem and server.key stay on the
+    SuperLink; node-K (private) goes to device K only, node-K.pub to `flwr supernode
+    register`. For a lab fleet: keep the folder private, and use your own CA in production.
+    """
+    from fedspine.deploy.certs import make_test_pki
+    from fedspine.errors import ConfigError
+
+    if nodes < 1:
+        raise ConfigError("--nodes must be >= 1")
+    pki = make_test_pki(out, [f"node-{i}" for i in range(nodes)], list(host))
+    console.print(f"CA {pki.ca_cert}, server {pki.server_cert} + {pki.server_key}")
+    for keys in pki.nodes:
+        console.print(f"node key {keys.private_key} (public {keys.public_key})")
+
+
 @app.command("show-config")
 def show_config(
     preset: PresetOpt = "default", config: ConfigOpt = None, set_: SetOpt = None
