@@ -13,6 +13,7 @@ from fedspine.fleet.probe import measured_probe
 from fedspine.flower import records
 from fedspine.flower.server_app import GridChannel, config_from_run_config, with_measured_link
 from fedspine.protocol import (
+    DeviceCrash,
     DevicePlan,
     DeviceReport,
     Downlink,
@@ -56,8 +57,8 @@ def test_memory_budget_is_declared_or_free():
 class FakeGrid:
     """Replies to node n after delays[n] seconds; records what was pushed."""
 
-    def __init__(self, delays, reply_content):
-        self.delays, self.reply_content = delays, reply_content
+    def __init__(self, delays, reply_content, offline=()):
+        self.delays, self.reply_content, self.offline = delays, reply_content, set(offline)
         self.pushed = {}
         self.start = None
 
@@ -75,14 +76,18 @@ class FakeGrid:
     def pull_messages(self, ids):
         now = time.monotonic() - self.start
         ready = [i for i in ids if now >= self.delays[self.pushed[i]]]
-        return [
-            SimpleNamespace(
-                has_error=lambda: False,
-                content=self.reply_content,
-                metadata=SimpleNamespace(src_node_id=self.pushed[i], reply_to_message_id=i),
-            )
-            for i in ready
-        ]
+        return [self._reply(i) for i in ready]
+
+    def _reply(self, message_id):
+        node = self.pushed[message_id]
+        if node in self.offline:  # the SuperLink answers for an offline node, as itself
+            error = SimpleNamespace(code=5, reason="node unavailable")
+            metadata = SimpleNamespace(src_node_id=0, reply_to_message_id=message_id)
+            return SimpleNamespace(has_error=lambda: True, error=error, metadata=metadata)
+        metadata = SimpleNamespace(src_node_id=node, reply_to_message_id=message_id)
+        return SimpleNamespace(
+            has_error=lambda: False, content=self.reply_content, metadata=metadata
+        )
 
 
 @pytest.fixture
@@ -94,10 +99,10 @@ def task_identity():
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
-def fake_run(clock, delays):
+def fake_run(clock, delays, offline=()):
     config = load_config("smoke", overrides=[f"fleet.clock={clock}", "fleet.num_devices=2"])
     report = DeviceReport(ok=False, error="over budget", time_s=123.0)
-    grid = FakeGrid(delays, records.encode_uplink(Uplink(report)))
+    grid = FakeGrid(delays, records.encode_uplink(Uplink(report)), offline)
     channel = GridChannel(grid, config)
     channel.nodes = {0: 11, 1: 22}
     plan = DevicePlan(round_num=1, lora_rank=2)
@@ -110,6 +115,13 @@ def test_exchange_times_each_reply_from_sending(task_identity):
     assert replies[0].report.time_s == pytest.approx(0.05, abs=0.15)
     assert replies[1].report.time_s == pytest.approx(0.4, abs=0.15)
     assert replies[1].report.time_s > replies[0].report.time_s
+
+
+def test_an_offline_nodes_error_reply_is_its_devices_crash(task_identity):
+    channel, downlinks = fake_run("measured", {11: 0.0, 22: 0.0}, offline={22})
+    replies = channel.train(downlinks)
+    assert isinstance(replies[0], Uplink)
+    assert isinstance(replies[1], DeviceCrash) and "unavailable" in replies[1].reason
 
 
 def test_simulated_clock_keeps_the_devices_time(task_identity):

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Mapping
-from logging import ERROR, INFO
+from logging import ERROR, INFO, WARN
 from pathlib import Path
 from typing import Any
 
@@ -107,11 +107,14 @@ class GridChannel:
         ]
         connected = set(self.grid.get_node_ids())
         registrations = {}
-        for reply, elapsed in exchange(self.grid, messages):
-            if reply.has_error():
+        first = not self.nodes
+        for reply, node, elapsed in exchange(self.grid, messages):
+            if reply.has_error() and first:
                 raise RuntimeError(f"device registration failed: {reply.error.reason}")
+            if reply.has_error():  # mid-run: it stays unregistered and is asked again later
+                log(WARN, "fedspine: node %d did not register: %s", node, reply.error.reason)
+                continue
             registration = with_measured_link(records.decode_registration(reply.content), elapsed)
-            node = reply.metadata.src_node_id
             earlier = self.nodes.get(registration.device_id, node)
             if earlier != node and earlier in connected:
                 raise ConfigError(
@@ -138,8 +141,8 @@ class GridChannel:
         ]
         devices = {node: device for device, node in self.nodes.items()}
         replies: dict[int, Reply] = {}
-        for reply, elapsed in exchange(self.grid, messages, self.timeout):
-            device = devices[reply.metadata.src_node_id]
+        for reply, node, elapsed in exchange(self.grid, messages, self.timeout):
+            device = devices[node]
             if reply.has_error():
                 replies[device] = DeviceCrash(str(reply.error.reason))
                 continue
@@ -157,16 +160,21 @@ class GridChannel:
 
 def exchange(
     grid: Grid, messages: list[Message], timeout: float | None = None
-) -> list[tuple[Message, float]]:
-    """`grid.send_and_receive` that also says, per reply, the seconds from sending to its
-    arrival (the measured clock's round time; polled every POLL_S)."""
+) -> list[tuple[Message, int, float]]:
+    """`grid.send_and_receive` that also says, per reply, the node it was sent to and the
+    seconds from sending to its arrival (the measured clock's round time; polled every
+    POLL_S). The node comes from the message replied to: an error the SuperLink answers in
+    place of an offline node names the SuperLink as its sender, not the node."""
     sent = time.monotonic()
-    waiting = set(grid.push_messages(messages))
-    replies: list[tuple[Message, float]] = []
+    ids = list(grid.push_messages(messages))
+    node_of = dict(zip(ids, (m.metadata.dst_node_id for m in messages), strict=True))
+    waiting = set(ids)
+    replies: list[tuple[Message, int, float]] = []
     while waiting and (timeout is None or time.monotonic() - sent < timeout):
         for reply in grid.pull_messages(waiting):
-            replies.append((reply, time.monotonic() - sent))
-            waiting.discard(reply.metadata.reply_to_message_id)
+            replied_to = reply.metadata.reply_to_message_id
+            replies.append((reply, node_of[replied_to], time.monotonic() - sent))
+            waiting.discard(replied_to)
         if waiting:
             time.sleep(POLL_S)
     return replies
