@@ -5,6 +5,7 @@ on 2 cores (measured: see docs/deployment.md)."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -60,3 +61,27 @@ def test_three_nodes_on_the_smoke_preset(tmp_path: Path):
     texts = [set((work / "data" / f"node-{i}.jsonl").read_text().splitlines()) for i in range(3)]
     assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
     assert leftovers(str(work)) == []
+
+
+def test_interrupting_deploy_local_stops_every_process(tmp_path: Path):
+    """SIGINT once the SuperNodes are up (before the model loads): nothing is left running."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "fedspine.cli", "deploy-local", "--nodes", "2"]
+    process = subprocess.Popen(
+        [*command, "--out", str(out)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    for line in process.stderr:
+        if "keys registered" in line:
+            break
+    time.sleep(3)  # the SuperNodes are starting or connected
+    work = out.with_name("run.deploy")
+    assert leftovers(str(work)), "no deployment processes were running"
+    process.send_signal(signal.SIGINT)
+    rest = process.communicate(timeout=60)[1]
+    assert process.returncode == 130, rest
+    assert "stopped all" in rest
+    assert leftovers(str(work)) == []
+    assert not out.exists()

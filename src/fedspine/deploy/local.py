@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -76,6 +77,10 @@ class _Layout:
     @property
     def logs(self) -> Path:
         return self.work / "logs"
+
+
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def sized_config(config: Config, nodes: int) -> Config:
@@ -276,10 +281,13 @@ class LocalDeployment:
         self.supernodes: list[Started] = []
 
     def run(self) -> Path:
-        """Deploy, run the job, stop everything; the published run directory."""
+        """Deploy, run the job, stop everything; the published run directory. A SIGTERM
+        (a CI timeout, `kill`) stops the processes too, like Ctrl-C."""
+        previous = signal.signal(signal.SIGTERM, _terminated)
         try:
             return self._run()
         finally:
+            signal.signal(signal.SIGTERM, previous)
             survivors = self.group.stop()
             if survivors:
                 self.say(f"warning: processes {survivors} did not stop; stop them by PID")
