@@ -8,6 +8,7 @@ import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedspine.config import load_config
+from fedspine.errors import ConfigError
 from fedspine.fleet.measured import BYTES_PER_MB, memory_budget_bytes, slow_down
 from fedspine.fleet.probe import measured_probe
 from fedspine.flower import records
@@ -18,6 +19,7 @@ from fedspine.protocol import (
     DeviceReport,
     Downlink,
     NoReply,
+    ProbeRequest,
     Registration,
     ReplyStatus,
     Uplink,
@@ -85,9 +87,8 @@ class FakeGrid:
             metadata = SimpleNamespace(src_node_id=0, reply_to_message_id=message_id)
             return SimpleNamespace(has_error=lambda: True, error=error, metadata=metadata)
         metadata = SimpleNamespace(src_node_id=node, reply_to_message_id=message_id)
-        return SimpleNamespace(
-            has_error=lambda: False, content=self.reply_content, metadata=metadata
-        )
+        content = self.reply_content(node) if callable(self.reply_content) else self.reply_content
+        return SimpleNamespace(has_error=lambda: False, content=content, metadata=metadata)
 
 
 @pytest.fixture
@@ -122,6 +123,28 @@ def test_an_offline_nodes_error_reply_is_its_devices_crash(task_identity):
     replies = channel.train(downlinks)
     assert isinstance(replies[0], Uplink)
     assert isinstance(replies[1], DeviceCrash) and "unavailable" in replies[1].reason
+
+
+def test_a_restarted_supernode_takes_its_device_back(task_identity):
+    """Node ids change when a SuperNode restarts: the device is found again under the new id,
+    unless the old one is still connected (then two nodes claim one device: an error)."""
+    device_of = {11: 0, 22: 1, 33: 1}
+    config = load_config("smoke", overrides=["fleet.num_devices=2"])
+
+    def registration(node):
+        return records.encode_registration(Registration(device_of[node], "tx2"))
+
+    grid = FakeGrid({11: 0.0, 22: 0.0}, registration)
+    channel = GridChannel(grid, config)
+    assert set(channel.register(ProbeRequest())) == {0, 1}
+    grid.delays = {11: 0.0, 33: 0.0}  # node 22 went away, its device came back as node 33
+    assert set(channel.register(ProbeRequest(round_num=3))) == {1}
+    assert channel.nodes == {0: 11, 1: 33}
+    assert channel.present(3) == {0, 1}
+    device_of[44] = 0
+    grid.delays = {11: 0.0, 33: 0.0, 44: 0.0}  # a second node claims device 0, still online
+    with pytest.raises(ConfigError, match="two SuperNodes announce device 0"):
+        channel.register(ProbeRequest(round_num=4))
 
 
 def test_simulated_clock_keeps_the_devices_time(task_identity):
