@@ -269,13 +269,8 @@ class LocalDeployment:
         out = out.expanduser().absolute()
         check_out_dir(out)
         config = sized_config(config, len(nodes))
-        self.config, self.nodes, self.threads, self.say, self.kill = (
-            config,
-            nodes,
-            threads,
-            say,
-            kill,
-        )
+        self.config, self.nodes, self.threads = config, nodes, threads
+        self.say, self.kill = say, kill
         self.layout = _Layout(out, out.with_name(out.name + ".deploy"))
         self.group = ProcessGroup(_env(self.layout))
         self.supernodes: list[Started] = []
@@ -297,6 +292,11 @@ class LocalDeployment:
     def _run(self) -> Path:
         layout = self.layout
         if layout.work.exists():  # a previous deploy-local's workspace for this --out
+            if not (layout.work / "pki").is_dir():
+                raise ConfigError(
+                    f"{layout.work} exists and is not a deploy-local workspace; remove it or "
+                    "pass another --out"
+                )
             shutil.rmtree(layout.work)
         layout.logs.mkdir(parents=True)
         self.say(f"writing node data, certificates and keys to {layout.work}")
