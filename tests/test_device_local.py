@@ -83,3 +83,13 @@ def test_shards_are_disjoint_and_the_server_keeps_only_the_test_set(tmp_path):
     assert deployed.data.labels.split(",") == sorted(shards.label_names)
     train, held_out = load_data(deployed)
     assert len(train) == 0 and len(held_out) == len(test)
+
+
+def test_fedspine_run_refuses_device_local_data(tmp_path):
+    from fedspine.errors import ConfigError
+    from fedspine.flower.simulation import simulate
+
+    config = load_config("smoke", overrides=["data.device_local=true"])
+    with pytest.raises(ConfigError, match="deploy-local"):
+        simulate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
