@@ -162,7 +162,8 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
         )
     console.print(
         f"[bold green]done[/] {summary['method']}: {headline}, mean sparsity "
-        f"{pct(summary['mean_sparsity'])}, simulated {summary['sim_time_s']:.0f}s, "
+        f"{pct(summary['mean_sparsity'])}, {summary.get('clock', 'simulated')} "
+        f"{summary['sim_time_s']:.0f}s, "
         f"time to {pct(summary['target_accuracy'])}: "
         f"{'not reached' if ttt is None else f'{ttt:.0f}s'}, wall {summary['wall_time_s']:.0f}s"
     )
@@ -289,6 +290,112 @@ def generate(
     from fedspine.generate_text import generate_text
 
     typer.echo(generate_text(model_dir, prompt, max_new_tokens))
+
+
+def _per_node(text: str | None, nodes: int, option: str) -> list[float]:
+    """`--slowdown 1,4` style values: one for every node, or one per node."""
+    from fedspine.errors import ConfigError
+
+    if not text:
+        return []
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{option} {text!r} must be numbers separated by commas") from None
+    if len(values) == 1:
+        return values * nodes
+    if len(values) != nodes:
+        raise ConfigError(
+            f"{option} gives {len(values)} values for {nodes} nodes; give 1 or {nodes}"
+        )
+    return values
+
+
+@app.command("deploy-local")
+def deploy_local(
+    nodes: Annotated[int, typer.Option("--nodes", "-n", help="SuperNodes (devices) to start")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="run directory; must not exist")],
+    method: MethodOpt = None,
+    preset: PresetOpt = "smoke",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    slowdown: Annotated[
+        str | None,
+        typer.Option(
+            help="per-node slowdown >= 1, e.g. 1,1,4,4: a node sleeps (s-1) x its measured "
+            "compute, so it really is s times slower (one value: every node)"
+        ),
+    ] = None,
+    memory_budget_mb: Annotated[
+        str | None,
+        typer.Option(
+            "--memory-budget-mb",
+            help="per-node memory budget in MB (one value: every node; default: what is free)",
+        ),
+    ] = None,
+    threads: Annotated[int, typer.Option(help="torch threads per SuperNode")] = 1,
+    kill_node: Annotated[
+        int | None, typer.Option(help="fault check: stop this node (0-based) mid-run")
+    ] = None,
+    kill_after_round: Annotated[int, typer.Option(help="... once this round is done")] = 1,
+    restart_after_round: Annotated[
+        int, typer.Option(help="... and start it again once this round is done (0 = never)")
+    ] = 0,
+) -> None:
+    """Deploy N devices on this machine: TLS + SuperNode auth, own data, measured clock.
+
+    Writes certificates, node keys, each node's own data file and node config into
+    `OUT.deploy/`, starts a SuperLink and N SuperNodes, runs the job through `flwr run`, and
+    stops every process it started (also on failure and Ctrl-C). OUT holds the run record.
+    """
+    from fedspine.deploy.local import KillPlan, LocalDeployment, NodeOptions
+
+    extra = [f"run.method={method}"] if method is not None else []
+    cfg = _config(preset, config, set_, extra)
+    slow = _per_node(slowdown, nodes, "--slowdown") or [1.0] * nodes
+    memory = _per_node(memory_budget_mb, nodes, "--memory-budget-mb") or [0.0] * nodes
+    options = [NodeOptions(s, m) for s, m in zip(slow, memory, strict=True)]
+    kill = None
+    if kill_node is not None:
+        kill = KillPlan(kill_node, kill_after_round, restart_after_round)
+    deployment = LocalDeployment(
+        cfg, out, options, threads, lambda t: console.print(escape(t)), kill
+    )
+    started = time.perf_counter()
+    run_dir = deployment.run()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    _print_summary(summary, run_dir)
+    console.print(f"deploy-local wall time {time.perf_counter() - started:.0f}s")
+
+
+@app.command("make-certs")
+def make_certs(
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the files")],
+    host: Annotated[
+        list[str],
+        typer.Option(
+            "--host",
+            help="an IP or DNS name SuperNodes and the flwr CLI dial the SuperLink by "
+            "(repeatable; the first is the certificate's name)",
+        ),
+    ],
+    nodes: Annotated[int, typer.Option("--nodes", "-n", help="node key pairs to make")] = 1,
+) -> None:
+    """Write a test CA, the SuperLink's TLS certificate and one key pair per SuperNode.
+
+    ca.crt goes to every SuperNode and the flwr CLI; server.pem and server.key stay on the
+    SuperLink; node-K (private) goes to device K only, node-K.pub to `flwr supernode
+    register`. For a lab fleet: keep the folder private, and use your own CA in production.
+    """
+    from fedspine.deploy.certs import make_test_pki
+    from fedspine.errors import ConfigError
+
+    if nodes < 1:
+        raise ConfigError("--nodes must be >= 1")
+    pki = make_test_pki(out, [f"node-{i}" for i in range(nodes)], list(host))
+    console.print(f"CA {pki.ca_cert}, server {pki.server_cert} + {pki.server_key}")
+    for keys in pki.nodes:
+        console.print(f"node key {keys.private_key} (public {keys.public_key})")
 
 
 @app.command("show-config")

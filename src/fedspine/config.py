@@ -26,6 +26,7 @@ from fedspine.pruning.importance import IMPORTANCE
 from fedspine.pruning.selection import SELECTION_MODES
 
 TARGET_MODES = ("uniform", "budget")
+CLOCKS = ("simulated", "measured")
 TASKS = ("classify", "generate")
 PRECISIONS = ("auto", "fp32", "bf16")  # auto is resolved once, in load_config
 COMPUTE_DEVICES = ("cpu", "cuda", "auto")  # train.device
@@ -92,6 +93,12 @@ class DataSection:
     # data into as many partitions as it allows and give device d partition d mod that count
     # (devices share data; for scale tests). false: such a fleet is an error.
     reuse_partitions: bool = False
+    # true: every device reads its own data (its SuperNode's node config `data-path`) and no
+    # device receives another's; `dataset` is then the server's own held-out evaluation set
+    device_local: bool = False
+    # comma-separated label names every device maps its labels to (device_local, classify);
+    # "" = the label names of the server's evaluation set, resolved before the first message
+    labels: str = ""
 
 
 @dataclass(frozen=True)
@@ -152,6 +159,10 @@ class FleetSection:
     away_share: float = 0.0
     arriving_devices: int = 0
     arrival_round: int = 0
+    # simulated: round times, the probe and memory limits come from the profiles above;
+    # measured: what really elapsed (server send-to-reply per device, the device's own compute
+    # time and peak memory) and each node's declared or free memory (`flwr run` default)
+    clock: str = "simulated"
 
 
 @dataclass(frozen=True)
@@ -446,6 +457,11 @@ def validate(config: Config) -> None:
         "fleet.arriving_devices must be >= 0 and below fleet.num_devices",
     )
     _check(fleet.arrival_round >= 0, "fleet.arrival_round must be >= 0 (0 = half-way)")
+    _check(fleet.clock in CLOCKS, f"fleet.clock must be one of: {', '.join(CLOCKS)}")
+    _check(
+        not data.device_local or data.task == "classify" or not data.labels,
+        "data.labels names classes; with data.task=generate leave it empty",
+    )
     _check(1 <= run.workers <= 64, "run.workers must be between 1 and 64")
     _check_placement(run, train)
     _check(config.fleet.num_devices >= 1, "fleet.num_devices must be >= 1")

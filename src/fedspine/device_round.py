@@ -7,6 +7,7 @@ iterative prune-and-tune, one-shot pruning, rank self-pruning or none). No Flowe
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 import torch
@@ -50,7 +51,13 @@ from fedspine.pruning import (
 from fedspine.pruning.fleet_importance import scores_to_tensors
 from fedspine.pruning.importance import IMPORTANCE, GroupImportance
 from fedspine.resources import RunResources
-from fedspine.train import label_log_prior, make_optimizer, train_local
+from fedspine.train import (
+    TokenisedData,
+    label_log_prior,
+    make_optimizer,
+    train_local,
+    training_loss,
+)
 
 
 @dataclass(frozen=True)
@@ -130,17 +137,23 @@ def run_device_round(
     device: DeviceProfile,
     downlink: Downlink,
     prior_scores: ModelScores | None = None,
+    data: TokenisedData | None = None,
+    memory_budget: float | None = None,
     own_b: dict[str, torch.Tensor] | None = None,
 ) -> DeviceRoundResult:
     """Train (and prune) one device for one round and cost it on the simulated clock.
 
     `prior_scores` is the device's own importance EMA from earlier rounds; the down-link's
     `fleet_prior`, when the server shares one, the pooled fleet scores the EMA starts from
-    instead. `own_b`: FedSA-LoRA's B this device kept from its last round.
+    instead. `data`: the device's own examples (device-local data; default: its partition of
+    the shared pool). `memory_budget`: bytes training may use on a real device (measured
+    clock; default: the simulated board's share). `own_b`: FedSA-LoRA's B this device kept
+    from its last round.
     """
     cfg, plan = res.config, downlink.plan
     steps = plan.local_steps or cfg.train.local_steps
-    data = res.train.subset(res.partitions[device.device_id])
+    if data is None:
+        data = res.train.subset(res.partitions[device.device_id])
     local_b = plan.recipe is DeviceRecipe.LOCAL_B
     down_factors = downlink.factors
     peft_model = _device_model(res, device, plan, downlink.kept, downlink.head, downlink.merged)
@@ -153,8 +166,13 @@ def run_device_round(
     # 1. A configuration over the device's memory budget fails on that device only.
     memory = training_memory_bytes(peft_model, cfg.train.batch_size, cfg.data.max_seq_len)
     memory_mb = memory / 2**20
-    if exceeds_budget(memory, device, res.fleet_spec.memory_usable_fraction):
+    if memory_budget is not None:
+        over = memory > memory_budget
+        error = f"training needs {memory_mb:.0f} MB, over its {memory_budget / 2**20:.0f} MB budget"
+    else:
+        over = exceeds_budget(memory, device, res.fleet_spec.memory_usable_fraction)
         error = f"training needs {memory_mb:.0f} MB, over the device's budget"
+    if over:
         report = DeviceReport(ok=False, error=error, train_memory_mb=memory_mb)
         return DeviceRoundResult(Uplink(report, kept=downlink.kept), prior_scores, own_b)
     # 2. Local training with scheduled prune steps (or one-shot pruning first).
@@ -251,6 +269,28 @@ def _round_report(
         param_sparsity=sparsity["non_embedding_params_removed"],
         params=sparsity["params"],
     )
+
+
+def time_one_step(
+    res: RunResources, device: DeviceProfile, data: TokenisedData, rank: int
+) -> float:
+    """Wall seconds of one local training step of the unpruned model with rank-`rank` LoRA on
+    one batch of the device's data (the measured registration probe)."""
+    cfg = res.config
+    plan = DevicePlan(round_num=1, lora_rank=rank)
+    full = KeptIndices.full(res.base.adapter, res.base.model.config)
+    model = _device_model(res, device, plan, full, {})
+    heads = res.base.adapter.task_head_modules()
+    optimizer = make_optimizer(model, *round_learning_rates(cfg.train, 1), 0.0, heads)
+    batch = data.batch(list(range(min(len(data), cfg.train.batch_size))))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
+    model.train()
+    start = time.perf_counter()
+    with autocast:
+        loss = training_loss(model, batch, None)
+    loss.backward()
+    optimizer.step()
+    return time.perf_counter() - start
 
 
 def round_learning_rates(train: TrainSection, round_num: int) -> tuple[float, float]:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from fedspine.fleet.probe import ProbeResult
+from fedspine.fleet.probe import PROBE_BYTES, ProbeResult
 from fedspine.lora.factors import LoraFactors
 from fedspine.pruning.importance import ModelScores
 from fedspine.pruning.kept import KeptIndices
@@ -86,11 +86,15 @@ class ProbeRequest:
     """Registration: with `step_flops`, the device times one step of that size and a transfer.
 
     `round_num` is the round before which the device registers (1 at the start; later for a
-    device that joins mid-run).
+    device that joins mid-run). Measured clock: the device times a real step at `lora_rank`,
+    and the query and its reply each carry `transfer_bytes` (half a typical round's payload),
+    so the server's send-to-reply time less the device's handler time is a round's transfer.
     """
 
     step_flops: float | None = None
     round_num: int = 1
+    lora_rank: int = 0
+    transfer_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,8 @@ class Registration:
     probe_step_s: float | None = None
     probe_bandwidth_Bps: float | None = None
     probe_latency_s: float | None = None
+    probe_handler_s: float | None = None  # measured clock: the device's whole handler time
+    probe_transfer_bytes: int | None = None  # measured clock: payload each way of its probe
     # pruning.target = "budget": the device's own final target and what it was fitted to
     target_sparsity: float | None = None  # least sparsity meeting its inference budget
     budget_ms: float | None = None  # the latency budget it evaluated
@@ -110,9 +116,12 @@ class Registration:
 
     @property
     def probe(self) -> ProbeResult | None:
-        if self.probe_step_s is None:
+        if self.probe_step_s is None or self.probe_bandwidth_Bps is None:
             return None
-        return ProbeResult(self.probe_step_s, self.probe_bandwidth_Bps, self.probe_latency_s)
+        transfer = self.probe_transfer_bytes or PROBE_BYTES
+        return ProbeResult(
+            self.probe_step_s, self.probe_bandwidth_Bps, self.probe_latency_s or 0.0, transfer
+        )
 
     @classmethod
     def with_probe(

@@ -13,6 +13,7 @@ the model source and the data path itself, so both must resolve on every machine
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from dataclasses import dataclass
@@ -21,9 +22,11 @@ import numpy as np
 
 from fedspine.compute_device import compute_device
 from fedspine.config import Config, FleetSection, config_from_dict
+from fedspine.data.device_local import agreed_labels
 from fedspine.data.instructions import load_instructions
 from fedspine.data.loading import TextDataset, load_dataset, train_test_split
 from fedspine.data.partition import device_partitions
+from fedspine.errors import DataError
 from fedspine.fleet.inference_budget import CostPoint, calibrated_budget_ms, cost_curve
 from fedspine.fleet.profiles import (
     FLOPS_PER_TFLOP,
@@ -89,7 +92,7 @@ def _subsample(ds: TextDataset, limit: int, seed: int) -> TextDataset:
     return ds.subset(keep.tolist())
 
 
-def load_data(config: Config) -> tuple[TextDataset, TextDataset]:
+def _read_source(config: Config) -> TextDataset:
     data = config.data
     if data.task == "generate":
         full = load_instructions(
@@ -101,6 +104,42 @@ def load_data(config: Config) -> tuple[TextDataset, TextDataset]:
         )
     else:
         full = load_dataset(data.dataset, data.text_column, data.label_column)
+    return full
+
+
+def _on_agreed_labels(ds: TextDataset, names: list[str]) -> TextDataset:
+    """`ds` with its labels re-indexed onto the run's agreed label names."""
+    index = {name: i for i, name in enumerate(names)}
+    unknown = sorted(set(ds.label_names) - set(index))
+    if unknown:
+        raise DataError(
+            f"the server's evaluation set {ds.name!r} has labels {unknown} that are not in "
+            f"data.labels ({', '.join(names)})"
+        )
+    labels = [index[ds.label_names[label]] for label in ds.labels]
+    return TextDataset(ds.texts, labels, list(names), ds.name, ds.targets)
+
+
+def with_agreed_labels(config: Config) -> Config:
+    """Device-local classification: fill data.labels from the server's evaluation set when it
+    is empty, so the config every device receives names the classes its head must have."""
+    data = config.data
+    if not data.device_local or data.task != "classify" or data.labels:
+        return config
+    names = _read_source(config).label_names
+    return dataclasses.replace(config, data=dataclasses.replace(data, labels=",".join(names)))
+
+
+def load_data(config: Config) -> tuple[TextDataset, TextDataset]:
+    """(training pool, held-out test set). With data.device_local the server holds no
+    training data: its dataset is all evaluation set (capped at data.max_test_examples)."""
+    data = config.data
+    full = _read_source(config)
+    if data.device_local:
+        test = _subsample(full, data.max_test_examples, config.run.seed)
+        if data.task == "classify":
+            test = _on_agreed_labels(test, agreed_labels(data))
+        return test.subset([]), test
     train, test = train_test_split(
         full, data.test_fraction, config.run.seed, max_test=data.max_test_examples
     )
@@ -123,29 +162,51 @@ def build_resources(config: Config) -> RunResources:
     n_eval = min(config.data.round_eval_examples, len(test))
     eval_idx = np.sort(np.random.default_rng(seed + 1).choice(len(test), n_eval, replace=False))
     alpha = None if config.data.iid else config.data.dirichlet_alpha
-    partitions = device_partitions(
-        train.labels,
-        config.fleet.num_devices,
-        alpha,
-        seed,
-        config.train.batch_size,
-        config.data.reuse_partitions,
+    partitions = (
+        []  # each device brings its own data
+        if config.data.device_local
+        else device_partitions(
+            train.labels,
+            config.fleet.num_devices,
+            alpha,
+            seed,
+            config.train.batch_size,
+            config.data.reuse_partitions,
+        )
     )
     spec = fleet_spec_from(config.fleet, seed)
     curve, budget = inference_budget(config, base.model.config, spec)
+    scored = test if config.data.device_local else train  # the server's own examples
     return RunResources(
         config,
         base,
-        list(train_text.label_names),
+        list(test_text.label_names),
         train,
         test,
         test.subset(eval_idx.tolist()),
         partitions,
         spec,
         make_fleet(spec),
-        category_metrics(train.references, train.labels) if generative else None,
+        category_metrics(scored.references, scored.labels) if generative else None,
         curve,
         budget,
+    )
+
+
+def build_device_resources(config: Config) -> RunResources:
+    """A device of a device-local run: the base model, the fleet and the agreed label names;
+    it holds no shared data (its own comes from its node config, `data.device_local`)."""
+    seed = config.run.seed
+    if config.data.task == "generate":
+        base, names = load_causal_lm(config.model.source, seed), []
+    else:
+        names = agreed_labels(config.data)
+        base = load_classifier(config.model.source, len(names), seed)
+    none = TokenisedData([], [], int(base.tokenizer.pad_token_id))
+    spec = fleet_spec_from(config.fleet, seed)
+    curve, budget = inference_budget(config, base.model.config, spec)
+    return RunResources(
+        config, base, names, none, none, none, [], spec, make_fleet(spec), None, curve, budget
     )
 
 
@@ -166,6 +227,8 @@ def inference_budget(config: Config, model_config, spec: FleetSpec):
 
 def _tokenise(part: TextDataset, tokenizer, config: Config) -> TokenisedData:
     max_len = config.data.max_seq_len
+    if not part.texts:  # device-local runs: the server holds no training examples
+        return TokenisedData([], [], int(tokenizer.pad_token_id))
     if config.data.task == "generate":
         return tokenise_instructions(part.texts, part.targets, part.labels, tokenizer, max_len)
     return tokenise(part.texts, part.labels, tokenizer, max_len)
@@ -177,3 +240,12 @@ def load_resources(config_json: str) -> RunResources:
     res = build_resources(config_from_dict(json.loads(config_json)))
     release_freed_memory()  # loading and tokenising leave ~200 MB of freed heap behind
     return res
+
+
+@functools.lru_cache(maxsize=2)
+def load_device_resources(config_json: str) -> RunResources:
+    """What a device needs: the shared resources, or with data.device_local only the model."""
+    config = config_from_dict(json.loads(config_json))
+    if config.data.device_local:
+        return build_device_resources(config)
+    return load_resources(config_json)

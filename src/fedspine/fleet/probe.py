@@ -23,20 +23,34 @@ PROBE_BYTES = 64 * 1024  # each way: enough to time a transfer, cheap on a 1 MB/
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """What a device measured: one training step, its link's throughput and latency."""
+    """What a device measured: one training step, its link's throughput and latency, and the
+    payload each way it measured them with."""
 
     step_s: float
     bandwidth_Bps: float
     latency_s: float
+    transfer_bytes: int = PROBE_BYTES
 
-    def duration_s(self, probe_bytes: int = PROBE_BYTES) -> float:
+    def duration_s(self) -> float:
         """Wall time the probe itself took: the step plus a transfer each way."""
-        return self.step_s + 2 * probe_bytes / self.bandwidth_Bps + 2 * self.latency_s
+        return self.step_s + 2 * self.transfer_bytes / self.bandwidth_Bps + 2 * self.latency_s
 
 
 def simulate_probe(step_flops: float, cond: RoundConditions, latency_s: float) -> ProbeResult:
     """The simulated device's measurement under its first round's conditions."""
     return ProbeResult(compute_time_s(step_flops, cond), cond.bandwidth_Bps, latency_s)
+
+
+def measured_probe(
+    step_s: float, transfer_bytes: int, round_trip_s: float, handler_s: float
+) -> ProbeResult:
+    """A real device's probe (measured clock): its timed step, and a link whose time for
+    `transfer_bytes` each way is what the server's send-to-reply time shows beyond the
+    device's handler. One transfer cannot split latency from bandwidth, so its whole cost is
+    counted as bandwidth (latency 0): with the transfer sized like a round's payload, the
+    estimate of a round's transfer time is what this transfer took."""
+    transfer_s = max(round_trip_s - handler_s, 1e-3)
+    return ProbeResult(step_s, 2 * transfer_bytes / transfer_s, 0.0, transfer_bytes)
 
 
 def estimated_round_speed(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedspine.protocol import (
@@ -37,6 +38,7 @@ IMPORTANCE = "importance"  # ArrayRecord: group scores (down: fleet prior; up: d
 MERGED = "merged"  # ArrayRecord (down, FLoRA): the merged global delta per module
 MERGED_WIRE = "merged_wire"  # ConfigRecord (down, FLoRA): that delta's bytes on the wire
 WIRE_BYTES = "bytes"
+PROBE_PAYLOAD = "probe_payload"  # ArrayRecord: the measured probe's transfer (zeros), each way
 
 CONFIG_JSON = "config_json"
 STATE_DIR = "device_state_dir"  # in RUN: where simulated devices keep their state ("" = none)
@@ -71,21 +73,32 @@ def device_state_dir(content: RecordDict) -> str:
     return str(content[RUN].get(STATE_DIR, ""))
 
 
+def _probe_payload(transfer_bytes: int) -> ArrayRecord:
+    return _arrays({"zeros": torch.zeros(max(transfer_bytes, 0), dtype=torch.uint8)})
+
+
 def encode_query(config_json: str, request: ProbeRequest) -> RecordDict:
-    return RecordDict(
+    content = RecordDict(
         {
             RUN: ConfigRecord({CONFIG_JSON: config_json}),
             REGISTRATION: ConfigRecord(to_record(request)),
         }
     )
+    if request.transfer_bytes:
+        content[PROBE_PAYLOAD] = _probe_payload(request.transfer_bytes)
+    return content
 
 
 def decode_query(content: RecordDict) -> ProbeRequest:
     return from_record(ProbeRequest, dict(content[REGISTRATION]))
 
 
-def encode_registration(registration: Registration) -> RecordDict:
-    return RecordDict({REGISTRATION: ConfigRecord(to_record(registration))})
+def encode_registration(registration: Registration, transfer_bytes: int = 0) -> RecordDict:
+    """The registration, with the measured probe's transfer back when one was asked for."""
+    content = RecordDict({REGISTRATION: ConfigRecord(to_record(registration))})
+    if transfer_bytes:
+        content[PROBE_PAYLOAD] = _probe_payload(transfer_bytes)
+    return content
 
 
 def decode_registration(content: RecordDict) -> Registration:

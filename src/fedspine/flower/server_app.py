@@ -10,10 +10,11 @@ tests); the module-level `app` serves `flwr run .`, reading its settings from
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Mapping
-from logging import ERROR, INFO
+from logging import ERROR, INFO, WARN
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,9 @@ from flwr.app import Context, Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from fedspine.config import Config, config_to_dict, load_config
+from fedspine.config import Config, config_to_dict, load_config, read_toml
 from fedspine.errors import ConfigError, FedspineError
+from fedspine.fleet.probe import measured_probe
 from fedspine.flower import records
 from fedspine.logs import QUIET_LOGGERS, quiet_logs
 from fedspine.protocol import (
@@ -35,7 +37,7 @@ from fedspine.protocol import (
 )
 from fedspine.report.progress import RunProgress
 from fedspine.report.record import DEVICE_STATE_DIR
-from fedspine.resources import load_resources
+from fedspine.resources import load_resources, with_agreed_labels
 from fedspine.run_dir import (
     RunDirectory,
     abandon_run,
@@ -48,6 +50,8 @@ from fedspine.server.core import Reply
 from fedspine.server.run import run_federation
 
 NODE_WAIT_S = 120.0
+POLL_S = 0.1  # how often replies are pulled (send_and_receive's own poll is 3 s)
+DEPLOYMENT_CLOCK = "fleet.clock=measured"  # `flwr run`'s default; a run-config override wins
 
 
 def wait_for_nodes(grid: Grid, count: int) -> list[int]:
@@ -84,10 +88,12 @@ class GridChannel:
         deadline = config.run.round_deadline_s
         self.timeout = deadline if wall_deadline and deadline > 0 else None
         self.nodes: dict[int, int] = {}  # device id -> Flower node id
+        self.measured = config.fleet.clock == "measured"
 
     def register(self, request: ProbeRequest) -> dict[int, Registration]:
         """The first call waits for the fleet and registers every node; later calls register
-        only nodes that connected since (devices joining mid-run)."""
+        only nodes that connected since (devices joining mid-run, or a restarted SuperNode
+        taking its device back)."""
         if self.nodes:
             known = set(self.nodes.values())
             nodes = [n for n in sorted(self.grid.get_node_ids()) if n not in known]
@@ -99,13 +105,18 @@ class GridChannel:
         messages = [
             Message(content=content, message_type="query", dst_node_id=node) for node in nodes
         ]
+        connected = set(self.grid.get_node_ids())
         registrations = {}
-        for reply in self.grid.send_and_receive(messages):
-            if reply.has_error():
+        first = not self.nodes
+        for reply, node, elapsed in exchange(self.grid, messages):
+            if reply.has_error() and first:
                 raise RuntimeError(f"device registration failed: {reply.error.reason}")
-            registration = records.decode_registration(reply.content)
-            node = reply.metadata.src_node_id
-            if self.nodes.get(registration.device_id, node) != node:
+            if reply.has_error():  # mid-run: it stays unregistered and is asked again later
+                log(WARN, "fedspine: node %d did not register: %s", node, reply.error.reason)
+                continue
+            registration = with_measured_link(records.decode_registration(reply.content), elapsed)
+            earlier = self.nodes.get(registration.device_id, node)
+            if earlier != node and earlier in connected:
                 raise ConfigError(
                     f"two SuperNodes announce device {registration.device_id}; give each "
                     "SuperNode its own partition-id"
@@ -130,16 +141,79 @@ class GridChannel:
         ]
         devices = {node: device for device, node in self.nodes.items()}
         replies: dict[int, Reply] = {}
-        for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
-            device = devices[reply.metadata.src_node_id]
+        for reply, node, elapsed in exchange(self.grid, messages, self.timeout):
+            device = devices[node]
             if reply.has_error():
                 replies[device] = DeviceCrash(str(reply.error.reason))
-            else:
-                replies[device] = records.decode_uplink(reply.content)
+                continue
+            uplink = records.decode_uplink(reply.content)
+            if self.measured:  # the round's time is what really elapsed for this device
+                uplink = dataclasses.replace(
+                    uplink, report=dataclasses.replace(uplink.report, time_s=elapsed)
+                )
+            replies[device] = uplink
         for node in downlinks.keys() - replies.keys():  # nothing before the timeout
             reason = f"no reply within the {self.timeout:g} s wall-clock deadline"
             replies[node] = NoReply(ReplyStatus.LATE, reason, waited_s=self.timeout or 0.0)
         return replies
+
+
+def exchange(
+    grid: Grid, messages: list[Message], timeout: float | None = None
+) -> list[tuple[Message, int, float]]:
+    """`grid.send_and_receive` that also says, per reply, the node it was sent to and the
+    seconds from sending to its arrival (the measured clock's round time; polled every
+    POLL_S). The node comes from the message replied to: an error the SuperLink answers in
+    place of an offline node names the SuperLink as its sender, not the node."""
+    sent = time.monotonic()
+    ids = list(grid.push_messages(messages))
+    node_of = dict(zip(ids, (m.metadata.dst_node_id for m in messages), strict=True))
+    waiting = set(ids)
+    replies: list[tuple[Message, int, float]] = []
+    while waiting and (timeout is None or time.monotonic() - sent < timeout):
+        for reply in grid.pull_messages(waiting):
+            replied_to = reply.metadata.reply_to_message_id
+            replies.append((reply, node_of[replied_to], time.monotonic() - sent))
+            waiting.discard(replied_to)
+        if waiting:
+            time.sleep(POLL_S)
+    return replies
+
+
+def with_measured_link(registration: Registration, round_trip_s: float) -> Registration:
+    """A measured probe's registration with the link speed its send-to-reply time shows."""
+    if registration.probe_handler_s is None or registration.probe_step_s is None:
+        return registration
+    probe = measured_probe(
+        registration.probe_step_s,
+        registration.probe_transfer_bytes or 0,
+        round_trip_s,
+        registration.probe_handler_s,
+    )
+    return dataclasses.replace(
+        registration, probe_bandwidth_Bps=probe.bandwidth_Bps, probe_latency_s=probe.latency_s
+    )
+
+
+class LogProgress:
+    """Progress as log lines of the ServerApp (what `flwr run --stream` and deploy-local show)."""
+
+    def phase(self, text: str) -> None:
+        log(INFO, "fedspine: %s", text)
+
+    def start_rounds(self, total: int, done: int = 0) -> None:
+        log(INFO, "fedspine: training up to %d rounds", total)
+
+    def round_done(self, row: dict) -> None:
+        accuracy = row.get("accuracy")
+        log(
+            INFO,
+            "fedspine: round %d done in %.1f s: %s, accuracy %s",
+            row["round"],
+            row["round_wall_s"],
+            ", ".join(f"{n} {status}" for status, n in row["outcomes"].items() if n),
+            "-" if accuracy is None else f"{accuracy:.3f}",
+        )
 
 
 def make_server_app(
@@ -167,15 +241,21 @@ def make_server_app(
 def config_from_run_config(run_config: Mapping[str, Any]) -> tuple[Config, Path]:
     """The resolved config and absolute run directory from `flwr run`'s run config.
 
-    `overrides` holds `--set` style `section.key=value` pairs separated by ';'. A relative
-    `out` is resolved in the ServerApp's working directory (the SuperLink's, not the caller's
-    of `flwr run`), so the absolute path is logged.
+    The clock defaults to `fleet.clock = "measured"` (real devices). `overrides` holds
+    `--set` style `section.key=value` pairs separated by ';'. A relative `out` is resolved in
+    the ServerApp's working directory (the SuperLink's, not the caller's of `flwr run`), so
+    the absolute path is logged.
     """
     overrides = [s.strip() for s in str(run_config.get("overrides", "")).split(";") if s.strip()]
     config_file = str(run_config.get("config-file", "")).strip()
+    path = Path(config_file).expanduser() if config_file else None
+    # the clock is measured here unless the config file or an override names one
+    named = any(o.replace(" ", "").startswith("fleet.clock=") for o in overrides)
+    if not named and not (path is not None and "clock" in read_toml(path).get("fleet", {})):
+        overrides.insert(0, DEPLOYMENT_CLOCK)
     config = load_config(
         str(run_config.get("preset", "default")),
-        Path(config_file).expanduser() if config_file else None,
+        path,
         overrides + [f"run.method={run_config.get('method', 'fedspine')}"],
     )
     out = str(run_config.get("out", "")).strip()
@@ -196,6 +276,7 @@ def check_fleet_size(grid: Grid, num_devices: int) -> None:
 def prepare_run(grid: Grid, run_config: Mapping[str, Any]) -> tuple[Config, Path]:
     """Every check that can fail on bad input, before a run directory exists."""
     config, out = config_from_run_config(run_config)
+    config = with_agreed_labels(config)
     check_out_dir(out)
     load_resources(json.dumps(config_to_dict(config), sort_keys=True))
     check_fleet_size(grid, config.fleet.num_devices)
@@ -227,7 +308,8 @@ def main(grid: Grid, context: Context) -> None:
     )
     run_dir = new_run_dir(config, out)
     try:
-        summary = run_federation(GridChannel(grid, config, wall_deadline=True), config, run_dir)
+        channel = GridChannel(grid, config, wall_deadline=True)
+        summary = run_federation(channel, config, run_dir, LogProgress())
     except BaseException:
         kept = abandon_run(run_dir)
         log(

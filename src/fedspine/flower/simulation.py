@@ -14,6 +14,7 @@ from flwr.simulation import run_simulation
 
 from fedspine import cluster
 from fedspine.config import Config, config_to_dict
+from fedspine.errors import ConfigError
 from fedspine.flower.client_app import app as client_app
 from fedspine.flower.server_app import make_server_app
 from fedspine.logs import quiet_logs, use_offline_env
@@ -44,6 +45,11 @@ def simulate(
     """
     use_offline_env()  # for library callers; the CLI already did before any import
     quiet_logs()
+    if config.data.device_local:
+        raise ConfigError(
+            "data.device_local=true needs devices with their own data files (node config "
+            "data-path): use `fedspine deploy-local` or `flwr run` on SuperNodes"
+        )
     out = run_dir_path(config, out)
     check_out_dir(out)  # bad input fails here or in load_resources, before Ray starts
     address = config.run.ray_address

@@ -124,6 +124,7 @@ def build_summary(
         "target_accuracy": target,
         "time_to_target_s": time_to_target(rows, target),
         "sim_time_s": rows[-1]["sim_time_s"] if rows else 0.0,
+        "clock": config.fleet.clock,  # simulated, or measured: sim_time_s is real time then
         "wall_time_s": wall_time_s,
         "mean_sparsity": statistics.fmean(d["prune_ratio"] for d in devices),
         "mean_param_sparsity": statistics.fmean(d["param_sparsity"] for d in devices),

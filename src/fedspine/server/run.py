@@ -122,6 +122,16 @@ def probe_workload(res: RunResources, global_lora: GlobalLora) -> tuple[float, i
     return step_flops, 2 * one_way
 
 
+def probe_request(
+    res: RunResources, step_flops: float | None, round_bytes: int, rank: int, round_num: int = 1
+) -> ProbeRequest:
+    """What registration asks: on the measured clock a real step at the global rank and a
+    transfer of half a typical round's bytes each way (see `fleet.probe.measured_probe`)."""
+    if step_flops is None or res.config.fleet.clock != "measured":
+        return ProbeRequest(step_flops, round_num)
+    return ProbeRequest(step_flops, round_num, rank, round_bytes // 2)
+
+
 def own_b_reader(server: Server, state_root: Path | None) -> Callable[[int], dict | None] | None:
     """FedSA-LoRA: reads a device's own B from its storage for scoring its own model (None for
     every other method). A device that trained but left no B there is an error, not a silent
@@ -197,6 +207,7 @@ class _RoundLoop:
         self.step_flops: float | None = None  # the registration probe's workload (probing
         self.round_bytes = 0  # methods), for devices that join mid-run
         self.own_b = own_b_reader(server, run_dir.path / DEVICE_STATE_DIR)
+        self.probe_rank = 0
 
     def train(self, downlinks: dict[int, Downlink], **marks: Any) -> None:
         pos = self.position
@@ -228,6 +239,8 @@ class _RoundLoop:
             "participants": outcome.rows(),
             "outcomes": outcome.status_counts(),
         }
+        if self.res.config.fleet.clock == "measured":  # simulated rows stay as they were
+            row["clock"] = "measured"
         if outcome.skipped:
             row["skipped"] = True
         if "evaluated_devices" in metrics:
@@ -254,7 +267,9 @@ class _RoundLoop:
     def admit(self, round_num: int) -> set[int] | None:
         """Before a round: register devices that joined since (their probe's cost goes on the
         clock) and return the devices present in it."""
-        request = ProbeRequest(self.step_flops, round_num)
+        request = probe_request(
+            self.res, self.step_flops, self.round_bytes, self.probe_rank, round_num
+        )
         newcomers = {
             n: r for n, r in self.channel.register(request).items() if n not in self.server.devices
         }
@@ -392,7 +407,8 @@ def run_federation(
         restore_server(server, state)
         run_dir.rewrite_rounds(position.rows)
     else:  # 1. Registration (probing methods: each device times one step and a transfer)
-        registrations = channel.register(ProbeRequest(step_flops))
+        rank = server.global_lora.max_rank
+        registrations = channel.register(probe_request(res, step_flops, round_bytes, rank))
         probe_s = server.register(registrations, step_flops, round_bytes)
         position = RunPosition(sim_s=probe_s, probe_s=probe_s)  # the probe opens the clock
         if res.generative:  # the untuned base on the held-out set: what tuning must beat
@@ -402,6 +418,7 @@ def run_federation(
             )
     loop = _RoundLoop(res, server, channel, run_dir, progress, position)
     loop.step_flops, loop.round_bytes = step_flops, round_bytes
+    loop.probe_rank = server.global_lora.max_rank
     catch_up = method.prunes and config.pruning.catch_up
     progress.start_rounds(config.run.round_limit + int(catch_up), len(position.rows))
     loop.run(config)

@@ -1,0 +1,1 @@
+"""Real deployment on SuperLink and SuperNodes: certificates, node data, `deploy-local`."""
