@@ -121,7 +121,6 @@ def test_fleet_prior_steers_the_devices_pruning_and_is_costed(res):
     assert steered.report.bytes_down == local.report.bytes_down + prior_bytes
 
 
-
 def test_scoring_leaves_the_shared_base_untouched(res):
     """An evaluated device model shares the base's unpruned weights (they are not copied), so
     scoring must never write into them: a merged LoRA would corrupt every later model."""
