@@ -105,5 +105,6 @@ def test_auto_precision_is_resolved_once_to_what_the_cpu_computes_natively(monke
         config = load_config("smoke", overrides=["train.precision=auto"])
         assert config.train.precision == native  # what config.toml and the workers see
     assert load_config("smoke", overrides=["train.precision=fp32"]).train.precision == "fp32"
+    assert load_config("default").train.precision == "fp32"  # the main job's auto, resolved
     with pytest.raises(ConfigError, match="train.precision must be one of: auto, fp32, bf16"):
         load_config("smoke", overrides=["train.precision=fp16"])

@@ -245,8 +245,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "pruning": {"prune_interval": 4, "final_recovery_steps": 6},
         "eval": {"final_eval_examples": 100},
     },
-    # The main job: the 80-device fleet, MiniLM, bundled spam data; a few minutes on 2 cores.
-    "default": {},
+    # The main job: the 80-device fleet, MiniLM, bundled spam data; under 3 minutes on 2 cores.
+    # bf16 where the CPU has it: measured 0.62x the fp32 wall time at the same final accuracy
+    # (bench/speed_before_after.py, docs/results/speed.md).
+    "default": {"train": {"precision": "auto"}},
     # Closer to the paper's RoBERTa setting at our scale: 5-class State-of-the-Union eras,
     # Dirichlet non-IID, 50% target; sized so an 8-method `fedspine compare` fits 45 minutes
     # on 2 cores (measured at 12 rounds: 4.7 min for an unpruned method, 6-7 for a pruning one).
