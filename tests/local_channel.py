@@ -45,7 +45,9 @@ class LocalChannel:
             round_num = downlink.plan.round_num
             store = DeviceStateStore(self.state_root, device.device_id) if self.state_root else None
             own_b = store.load_own_b(round_num) if store else self.own_b.get(node)
-            result = run_device_round(self.res, device, downlink, self.scores.get(node), own_b)
+            result = run_device_round(
+                self.res, device, downlink, self.scores.get(node), own_b=own_b
+            )
             self.scores[node] = result.carried_scores
             self.own_b[node] = result.carried_b
             if store is not None and result.carried_b is not None:
