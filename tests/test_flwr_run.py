@@ -8,7 +8,6 @@ by PID in a `finally`. About 1-2 minutes on 2 busy cores.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from fedspine.deploy.processes import stop_processes
 
 pytestmark = pytest.mark.slow
 
@@ -118,17 +119,9 @@ class SimulationSuperLink:
         """Stop the SuperLink and everything it spawned, by PID; return PIDs still alive."""
         if self.proc.poll() is None:
             self.track()
-        procs = [p for p in self.spawned.values() if p.is_running()]
-        for proc in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.terminate()
-        _, alive = psutil.wait_procs(procs, timeout=10)
-        for proc in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
-        _, alive = psutil.wait_procs(alive, timeout=5)
+        survivors = stop_processes([p for p in self.spawned.values() if p.is_running()])
         self.log.close()
-        return [p.pid for p in alive]
+        return survivors
 
 
 @pytest.fixture(scope="module")

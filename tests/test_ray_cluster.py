@@ -24,6 +24,7 @@ import pytest
 
 import fedspine
 from fedspine.config import load_config
+from fedspine.deploy.processes import stop_processes
 from fedspine.flower.simulation import simulate
 from fedspine.report.record import read_rounds, read_summary
 from local_channel import SMALL_RUN, without_wall_fields
@@ -85,14 +86,7 @@ def stop_head(head: subprocess.Popen, temp_dir: str) -> None:
         head.kill()
         head.wait()
     _, alive = psutil.wait_procs(procs, timeout=5)
-    for proc in alive:  # SIGTERM first (Ray's own `ray stop` gives a grace period too)
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.terminate()
-    _, alive = psutil.wait_procs(alive, timeout=10)
-    for proc in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=10)
+    stop_processes(alive, wait_s=10)  # SIGTERM first, as Ray's own `ray stop` does
 
 
 @pytest.fixture(scope="module")

@@ -75,15 +75,19 @@ def _tree(pid: int) -> list[psutil.Process]:
 
 
 def _stop(trees: list[list[psutil.Process]]) -> list[int]:
-    processes = [p for tree in trees for p in tree]
+    return stop_processes([p for tree in trees for p in tree])
+
+
+def stop_processes(processes: list[psutil.Process], wait_s: float = STOP_WAIT_S) -> list[int]:
+    """SIGTERM each, SIGKILL what is still alive after `wait_s`; the PIDs that survived both."""
     for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.terminate()
-    _, alive = psutil.wait_procs(processes, timeout=STOP_WAIT_S)
+    _, alive = psutil.wait_procs(processes, timeout=wait_s)
     for process in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
-    _, alive = psutil.wait_procs(alive, timeout=STOP_WAIT_S)
+    _, alive = psutil.wait_procs(alive, timeout=wait_s)
     return [p.pid for p in alive]
 
 
