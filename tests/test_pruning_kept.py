@@ -81,3 +81,15 @@ def test_module_kept_indices_full_coordinates():
         assert rows.tolist() == list(range(0, 64, 2)) and cols is None
     assert index["model.layers.0.mlp.down_proj"][1].tolist() == list(range(0, 64, 2))
     assert all(v == (None, None) for k, v in index.items() if k.startswith("model.layers.1."))
+
+
+def test_structure_keys_are_equal_exactly_for_equal_structures():
+    from fedspine.pruning.kept import structure_keys
+
+    full = KeptIndices("llama", GQA_DIMS, (_layer(range(8), [0, 1], range(16)),) * 2)
+    pruned = KeptIndices(
+        "llama", GQA_DIMS, (_layer([0, 1, 4, 5], [0, 1]), _layer([2, 3], [0], (1, 2, 15)))
+    )
+    again = KeptIndices.from_dict(pruned.to_dict())  # equal, another object
+    keys = structure_keys([full, pruned, full, again])
+    assert keys[0] == keys[2] and keys[1] == keys[3] and keys[0] != keys[1]

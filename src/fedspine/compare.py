@@ -9,7 +9,6 @@ table) and once more at the end with the inference-latency column measured.
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ from fedspine.report.comparison import (
     median_sparsity_device,
     write_comparison,
 )
-from fedspine.report.final_state import DEVICES_FILE
+from fedspine.report.final_state import load_device_structures
 from fedspine.report.progress import NullProgress, RunProgress
 from fedspine.report.record import (
     CHECKPOINT_FILE,
@@ -126,7 +125,7 @@ def representative_structure(run_dir: Path, summary: dict):
     from fedspine.pruning import KeptIndices
 
     device = median_sparsity_device(summary["devices"])
-    structures = json.loads((run_dir / DEVICES_FILE).read_text(encoding="utf-8"))
+    structures = load_device_structures(run_dir)
     kept = next(s["kept"] for s in structures if s["id"] == device["id"])
     return device["id"], device["prune_ratio"], KeptIndices.from_dict(kept)
 

@@ -6,7 +6,6 @@ Evaluation is server work: it is not added to simulated time. No Flower here.
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from fedspine.lora.peft_io import (
 )
 from fedspine.models.loading import LoadedModel
 from fedspine.pruning import KeptIndices, build_pruned_model, module_kept_indices
+from fedspine.pruning.kept import structure_keys
 from fedspine.resources import RunResources
 from fedspine.train import TokenisedData, evaluate
 
@@ -149,8 +149,7 @@ def device_accuracies(
         ]
     cache: dict[str, float] = {}
     scores = []
-    for structure in kept:
-        key = json.dumps(structure.to_dict(), sort_keys=True)
+    for structure, key in zip(kept, structure_keys(kept), strict=True):
         if key not in cache:
             cache[key] = evaluate_device(res, global_lora, structure, data)["accuracy"]
         scores.append(cache[key])

@@ -51,6 +51,9 @@ from fedspine.server.run import run_federation
 
 NODE_WAIT_S = 120.0
 POLL_S = 0.1  # how often replies are pulled (send_and_receive's own poll is 3 s)
+# Registration queries go out this many at a time: Flower's link state scans every stored
+# message for each node it serves, so 8,000 queries at once cost 8,000 x 8,000 checks.
+REGISTRATION_BATCH = 256
 DEPLOYMENT_CLOCK = "fleet.clock=measured"  # `flwr run`'s default; a run-config override wins
 
 
@@ -108,7 +111,12 @@ class GridChannel:
         connected = set(self.grid.get_node_ids())
         registrations = {}
         first = not self.nodes
-        for reply, node, elapsed in exchange(self.grid, messages):
+        replies = [
+            reply
+            for start in range(0, len(messages), REGISTRATION_BATCH)
+            for reply in exchange(self.grid, messages[start : start + REGISTRATION_BATCH])
+        ]
+        for reply, node, elapsed in replies:
             if reply.has_error() and first:
                 raise RuntimeError(f"device registration failed: {reply.error.reason}")
             if reply.has_error():  # mid-run: it stays unregistered and is asked again later

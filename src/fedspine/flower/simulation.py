@@ -15,6 +15,7 @@ from flwr.simulation import run_simulation
 from fedspine import cluster
 from fedspine.config import Config, config_to_dict
 from fedspine.errors import ConfigError
+from fedspine.flower import vce_sweep
 from fedspine.flower.client_app import app as client_app
 from fedspine.flower.server_app import make_server_app
 from fedspine.logs import quiet_logs, use_offline_env
@@ -64,6 +65,7 @@ def simulate(
     server_app = make_server_app(config, run_dir, outcome, progress, resume)
     backend = cluster.backend_config(config.run)
     quiet_logs()  # again: importing the apps and the data stack resets library loggers
+    vce_sweep.install()  # the engine's message sweep, per pending message (see vce_sweep)
     try:
         if address:  # Flower keeps an existing Ray connection (and shuts it down at the end)
             cluster.connect_cluster(address)

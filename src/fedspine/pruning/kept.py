@@ -12,6 +12,7 @@ constraint at all.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 
 import torch
@@ -117,6 +118,19 @@ class KeptIndices:
             return cls(family=str(data["family"]), dims=dims, layers=layers)
         except (KeyError, TypeError) as err:
             raise ModelError(f"Malformed kept-index map ({err}); regenerate it") from err
+
+
+def structure_keys(kept: list[KeptIndices]) -> list[str]:
+    """One key per map, equal for equal structures. A map held by many records as one object
+    (every device never sampled holds the full map) is serialised once, so a fleet of 8,000
+    costs what its distinct structures cost."""
+    by_object: dict[int, str] = {}
+    keys = []
+    for structure in kept:
+        if id(structure) not in by_object:
+            by_object[id(structure)] = json.dumps(structure.to_dict(), sort_keys=True)
+        keys.append(by_object[id(structure)])
+    return keys
 
 
 def kv_heads_of(heads: tuple[int, ...], group_size: int) -> tuple[int, ...]:

@@ -1,7 +1,9 @@
 """The run's final state: global LoRA + head (safetensors) and every device's kept-index map.
 
 Enough to rebuild and export any device's model later (`fedspine export`) from the shared
-base, without storing a model per device.
+base, without storing a model per device. `device_structures.json` holds each distinct
+structure once and each device's index into them: 8,000 devices of which 8 a round are pruned
+write a few hundred maps, not 8,000 (one full MiniLM map is ~100 KB of JSON).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from fedspine.protocol import factors_to_tensors, tensors_to_factors
 
 LORA_FILE = "global_lora.safetensors"
 DEVICES_FILE = "device_structures.json"
+DEVICES_FORMAT = 2  # distinct structures + per-device indices (1: a map per device)
 _HEAD_PREFIX = "head::"
 
 
@@ -29,15 +32,29 @@ def save_final_state(
     head: dict[str, torch.Tensor],
     meta: dict,
     devices: list[dict],
+    structures: list[dict],
 ) -> None:
+    """`devices`: one entry per device with `structure`, its index into `structures` (kept-map
+    dicts, each distinct structure once)."""
     tensors = factors_to_tensors(factors)
     tensors.update({_HEAD_PREFIX + k: v.contiguous() for k, v in head.items()})
     tmp = run_path / f".{LORA_FILE}.tmp"
     save_file(tensors, str(tmp), metadata={k: str(v) for k, v in meta.items()})
     os.replace(tmp, run_path / LORA_FILE)
     tmp = run_path / f".{DEVICES_FILE}.tmp"
-    tmp.write_text(json.dumps(devices), encoding="utf-8")
+    body = {"format": DEVICES_FORMAT, "structures": structures, "devices": devices}
+    tmp.write_text(json.dumps(body), encoding="utf-8")
     os.replace(tmp, run_path / DEVICES_FILE)
+
+
+def load_device_structures(run_path: Path) -> list[dict]:
+    """Every device's entry with its `kept` map (shared dicts: devices of one structure hold
+    the same object). Reads the earlier format too (a list with a map per device)."""
+    data = json.loads((run_path / DEVICES_FILE).read_text(encoding="utf-8"))
+    if isinstance(data, list):
+        return data
+    structures = data["structures"]
+    return [entry | {"kept": structures[entry["structure"]]} for entry in data["devices"]]
 
 
 def load_final_state(run_path: Path):
@@ -57,8 +74,7 @@ def load_final_state(run_path: Path):
     factors = tensors_to_factors(
         {k: v for k, v in tensors.items() if not k.startswith(_HEAD_PREFIX)}
     )
-    devices = json.loads((run_path / DEVICES_FILE).read_text(encoding="utf-8"))
-    return factors, head, meta, devices
+    return factors, head, meta, load_device_structures(run_path)
 
 
 def load_global_lora(run_path: Path):

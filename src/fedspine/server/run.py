@@ -39,6 +39,7 @@ from fedspine.protocol import (
     payload_bytes,
 )
 from fedspine.pruning import build_pruned_model, sparsity_report
+from fedspine.pruning.kept import structure_keys
 from fedspine.report.final_state import save_final_state, save_own_b
 from fedspine.report.progress import NullProgress, RunProgress
 from fedspine.report.record import DEVICE_STATE_DIR
@@ -316,9 +317,13 @@ def final_device_scores(
         final_eval_subset(res),
         [own_b(r.device_id) for r in records] if own_b else None,
     )
+    reports: dict[str, dict] = {}  # per distinct structure: building its meta model is slow
     rows = []
-    for record, accuracy in zip(records, accuracies, strict=True):
-        report = sparsity_report(record.kept, res.base.model.config)
+    keys = structure_keys([r.kept for r in records])
+    for record, accuracy, key in zip(records, accuracies, keys, strict=True):
+        if key not in reports:
+            reports[key] = sparsity_report(record.kept, res.base.model.config)
+        report = reports[key]
         rows.append(
             {
                 "id": record.device_id,
@@ -352,16 +357,25 @@ def save_server_state(
     if own_b is not None:
         found = {r.device_id: own_b(r.device_id) for r in server.records()}
         save_own_b(run_dir.path, {d: b for d, b in found.items() if b is not None})
+    records = server.records()
+    keys = structure_keys([r.kept for r in records])
+    index: dict[str, int] = {}
+    structures: list[dict] = []
+    for record, key in zip(records, keys, strict=True):
+        if key not in index:
+            index[key] = len(structures)
+            structures.append(record.kept.to_dict())
     save_final_state(
         run_dir.path,
         lora.factors,
         lora.head,
         {"max_rank": lora.max_rank, "aggregation": lora.aggregation, "scaling": lora.scaling},
         [
-            {"id": r.device_id, "tier": r.tier, "kept": r.kept.to_dict()}
+            {"id": r.device_id, "tier": r.tier, "structure": index[key]}
             | ({"budget_ms": r.budget_ms, "target_sparsity": r.target} if r.budget_ms else {})
-            for r in server.records()
+            for r, key in zip(records, keys, strict=True)
         ],
+        structures,
     )
 
 
