@@ -63,6 +63,10 @@ def test_three_nodes_on_the_smoke_preset(tmp_path: Path):
     assert leftovers(str(work)) == []
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interrupting_deploy_local_stops_every_process(tmp_path: Path):
     """SIGINT once the SuperNodes are up (before the model loads): nothing is left running."""
     out = tmp_path / "run"
@@ -72,6 +76,10 @@ def test_interrupting_deploy_local_stops_every_process(tmp_path: Path):
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
+        # Ctrl-C as in a terminal: a test run started in the background (`pytest &`, a
+        # non-interactive shell) ignores SIGINT, and a child inherits that, so Python would
+        # never raise KeyboardInterrupt in it (why this test failed only in background runs)
+        preexec_fn=_default_sigint,
     )
     for line in process.stderr:
         if "keys registered" in line:
