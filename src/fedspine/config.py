@@ -290,7 +290,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "round_eval_examples": 40,
         },
         "model": {"source": "smollm2-135m"},
-        "train": {"local_steps": 10, "batch_size": 4, "learning_rate": 2e-3, "precision": "bf16"},
+        "train": {"local_steps": 10, "batch_size": 4, "learning_rate": 2e-3, "precision": "auto"},
         "fleet": {"num_devices": 8},
         "pruning": {"target_sparsity": 0.3, "prune_interval": 5, "final_recovery_steps": 8},
         "eval": {"final_eval_examples": 40, "max_new_tokens": 16},
