@@ -174,3 +174,19 @@ def test_flwr_run_defaults_to_the_measured_clock(tmp_path):
     from_file, _ = config_from_run_config({"preset": "smoke", "config-file": str(toml)})
     assert from_file.fleet.clock == "simulated"
     assert load_config("smoke").fleet.clock == "simulated"  # fedspine run's default
+
+
+def test_a_server_waiting_on_a_stopped_engine_ends_instead_of_hanging(task_identity):
+    """The simulation engine crashed (e.g. a Ray node that timed out at startup): no reply can
+    come, so the server thread must end, or the process never exits."""
+    from fedspine.flower import server_app
+
+    channel, downlinks = fake_run("simulated", {11: 1e9, 22: 1e9})  # never replies
+    server_app.ENGINE_STOPPED.set()
+    try:
+        started = time.monotonic()
+        with pytest.raises(server_app.EngineStopped, match="2 replies due"):
+            channel.train(downlinks)
+        assert time.monotonic() - started < 1.0
+    finally:
+        server_app.ENGINE_STOPPED.clear()

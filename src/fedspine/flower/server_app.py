@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import Mapping
 from logging import ERROR, INFO, WARN
@@ -54,6 +55,15 @@ POLL_S = 0.1  # how often replies are pulled (send_and_receive's own poll is 3 s
 # Registration queries go out this many at a time: Flower's link state scans every stored
 # message for each node it serves, so 8,000 queries at once cost 8,000 x 8,000 checks.
 REGISTRATION_BATCH = 256
+# Set by the in-process simulation once its engine has returned or crashed: a reply can no
+# longer come, so a server thread waiting for one ends (else the process never exits).
+ENGINE_STOPPED = threading.Event()
+
+
+class EngineStopped(RuntimeError):
+    """The simulation engine ended while the server waited for replies."""
+
+
 DEPLOYMENT_CLOCK = "fleet.clock=measured"  # `flwr run`'s default; a run-config override wins
 
 
@@ -179,6 +189,8 @@ def exchange(
     waiting = set(ids)
     replies: list[tuple[Message, int, float]] = []
     while waiting and (timeout is None or time.monotonic() - sent < timeout):
+        if ENGINE_STOPPED.is_set():
+            raise EngineStopped(f"the simulation engine stopped with {len(waiting)} replies due")
         for reply in grid.pull_messages(waiting):
             replied_to = reply.metadata.reply_to_message_id
             replies.append((reply, node_of[replied_to], time.monotonic() - sent))
