@@ -1,6 +1,7 @@
 """The measured clock: real elapsed time per device, a really timed probe, honest slowdown,
 declared or free memory; `flwr run` defaults to it and the record says which clock ran."""
 
+import threading
 import time
 from types import SimpleNamespace
 
@@ -182,11 +183,9 @@ def test_a_server_waiting_on_a_stopped_engine_ends_instead_of_hanging(task_ident
     from fedspine.flower import server_app
 
     channel, downlinks = fake_run("simulated", {11: 1e9, 22: 1e9})  # never replies
-    server_app.ENGINE_STOPPED.set()
-    try:
-        started = time.monotonic()
-        with pytest.raises(server_app.EngineStopped, match="2 replies due"):
-            channel.train(downlinks)
-        assert time.monotonic() - started < 1.0
-    finally:
-        server_app.ENGINE_STOPPED.clear()
+    channel.engine_stopped = threading.Event()
+    channel.engine_stopped.set()
+    started = time.monotonic()
+    with pytest.raises(server_app.EngineStopped, match="2 replies due"):
+        channel.train(downlinks)
+    assert time.monotonic() - started < 1.0

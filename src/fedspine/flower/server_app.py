@@ -55,9 +55,6 @@ POLL_S = 0.1  # how often replies are pulled (send_and_receive's own poll is 3 s
 # Registration queries go out this many at a time: Flower's link state scans every stored
 # message for each node it serves, so 8,000 queries at once cost 8,000 x 8,000 checks.
 REGISTRATION_BATCH = 256
-# Set by the in-process simulation once its engine has returned or crashed: a reply can no
-# longer come, so a server thread waiting for one ends (else the process never exits).
-ENGINE_STOPPED = threading.Event()
 
 
 class EngineStopped(RuntimeError):
@@ -90,11 +87,15 @@ class GridChannel:
         config: Config,
         wall_deadline: bool = False,
         device_state_dir: Path | None = None,
+        engine_stopped: threading.Event | None = None,
     ) -> None:
         """`wall_deadline`: run.round_deadline_s is also a wall-clock timeout on each round's
         send_and_receive (the Deployment Engine: real devices can hang; in-process simulation
         keeps the deadline on the simulated clock only). `device_state_dir`: the storage of
-        simulated devices (inside the run directory, so it survives a resume)."""
+        simulated devices (inside the run directory, so it survives a resume).
+        `engine_stopped`: set by the in-process simulation once its engine has returned or
+        crashed; a reply can no longer come, so a wait for one ends (else the process hangs).
+        One event per run, so a finished run never stops a later one's waits."""
         self.state_dir = str(device_state_dir) if device_state_dir is not None else ""
         self.grid, self.num_devices = grid, config.fleet.num_devices
         self.config_json = json.dumps(config_to_dict(config), sort_keys=True)
@@ -102,6 +103,7 @@ class GridChannel:
         self.timeout = deadline if wall_deadline and deadline > 0 else None
         self.nodes: dict[int, int] = {}  # device id -> Flower node id
         self.measured = config.fleet.clock == "measured"
+        self.engine_stopped = engine_stopped
 
     def register(self, request: ProbeRequest) -> dict[int, Registration]:
         """The first call waits for the fleet and registers every node; later calls register
@@ -124,7 +126,9 @@ class GridChannel:
         replies = [
             reply
             for start in range(0, len(messages), REGISTRATION_BATCH)
-            for reply in exchange(self.grid, messages[start : start + REGISTRATION_BATCH])
+            for reply in exchange(
+                self.grid, messages[start : start + REGISTRATION_BATCH], None, self.engine_stopped
+            )
         ]
         for reply, node, elapsed in replies:
             if reply.has_error() and first:
@@ -159,7 +163,9 @@ class GridChannel:
         ]
         devices = {node: device for device, node in self.nodes.items()}
         replies: dict[int, Reply] = {}
-        for reply, node, elapsed in exchange(self.grid, messages, self.timeout):
+        for reply, node, elapsed in exchange(
+            self.grid, messages, self.timeout, self.engine_stopped
+        ):
             device = devices[node]
             if reply.has_error():
                 replies[device] = DeviceCrash(str(reply.error.reason))
@@ -177,7 +183,10 @@ class GridChannel:
 
 
 def exchange(
-    grid: Grid, messages: list[Message], timeout: float | None = None
+    grid: Grid,
+    messages: list[Message],
+    timeout: float | None = None,
+    engine_stopped: threading.Event | None = None,
 ) -> list[tuple[Message, int, float]]:
     """`grid.send_and_receive` that also says, per reply, the node it was sent to and the
     seconds from sending to its arrival (the measured clock's round time; polled every
@@ -189,7 +198,7 @@ def exchange(
     waiting = set(ids)
     replies: list[tuple[Message, int, float]] = []
     while waiting and (timeout is None or time.monotonic() - sent < timeout):
-        if ENGINE_STOPPED.is_set():
+        if engine_stopped is not None and engine_stopped.is_set():
             raise EngineStopped(f"the simulation engine stopped with {len(waiting)} replies due")
         for reply in grid.pull_messages(waiting):
             replied_to = reply.metadata.reply_to_message_id
@@ -242,15 +251,19 @@ def make_server_app(
     outcome: dict[str, Any],
     progress: RunProgress | None = None,
     resume: bool = False,
+    engine_stopped: threading.Event | None = None,
 ) -> ServerApp:
-    """A ServerApp that runs the federation and leaves the summary (or the error) in `outcome`."""
+    """A ServerApp that runs the federation and leaves the summary (or the error) in `outcome`.
+    `engine_stopped`: see GridChannel."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
             state_dir = run_dir.path.absolute() / DEVICE_STATE_DIR  # workers have other cwds
-            channel = GridChannel(grid, config, device_state_dir=state_dir)
+            channel = GridChannel(
+                grid, config, device_state_dir=state_dir, engine_stopped=engine_stopped
+            )
             outcome["summary"] = run_federation(channel, config, run_dir, progress, resume)
         except BaseException as err:  # re-raised by simulate() after the simulation stops
             outcome["error"] = err

@@ -7,6 +7,7 @@ The engine runs on a local Ray started for the run, or on the Ray cluster at `ru
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from fedspine.config import Config, config_to_dict
 from fedspine.errors import ConfigError
 from fedspine.flower import vce_sweep
 from fedspine.flower.client_app import app as client_app
-from fedspine.flower.server_app import ENGINE_STOPPED, make_server_app
+from fedspine.flower.server_app import make_server_app
 from fedspine.logs import quiet_logs, use_offline_env
 from fedspine.report.progress import RunProgress
 from fedspine.resources import load_resources
@@ -62,11 +63,11 @@ def simulate(
         load_checkpoint(partial_path(out), config)
     run_dir = RunDirectory(out, reopen=True) if resume else new_run_dir(config, out)
     outcome: dict[str, Any] = {}
-    server_app = make_server_app(config, run_dir, outcome, progress, resume)
+    engine_stopped = threading.Event()  # set once the engine is gone: see GridChannel
+    server_app = make_server_app(config, run_dir, outcome, progress, resume, engine_stopped)
     backend = cluster.backend_config(config.run)
     quiet_logs()  # again: importing the apps and the data stack resets library loggers
     vce_sweep.install()  # the engine's message sweep, per pending message (see vce_sweep)
-    ENGINE_STOPPED.clear()
     try:
         if address:  # Flower keeps an existing Ray connection (and shuts it down at the end)
             cluster.connect_cluster(address)
@@ -85,7 +86,7 @@ def simulate(
         abandon_run(run_dir)
         raise
     finally:
-        ENGINE_STOPPED.set()  # a server thread still waiting for replies ends
+        engine_stopped.set()  # a server thread still waiting for replies ends
         if address:
             cluster.disconnect()
     return finish_run(config, run_dir, outcome["summary"])
