@@ -75,6 +75,7 @@ def one_size(size: int, args) -> dict:
         "round_wall_s_median": statistics.median(r["round_wall_s"] for r in rows[1:] or rows),
         "final_scoring_s": timer.breakdown(wall)["final_scoring_s"],
         "peak_rss_mb_all_processes": memory.peak_bytes / 2**20,
+        "peak_pss_mb_all_processes": memory.peak_pss_bytes / 2**20,
         "peak_rss_mb_largest_process_by_kind": {
             k: v / 2**20 for k, v in memory.peak_by_kind.items()
         },

@@ -2,8 +2,11 @@
 
 Peak memory is sampled every 0.5 s over this process and all its children (the Ray workers
 that run the simulated clients), so it is the whole job's resident memory, not only the
-server's. Framework overhead is the share of round wall time spent outside local training
-and evaluation (summary.json's `framework_overhead_share`; goal <= 5%, must <= 10%).
+server's. Two sums: RSS (each process's resident pages, so a shared library's pages count once
+per process that maps them: torch's are in every worker) and PSS (each shared page divided
+among the processes sharing it, so the sum is the physical memory the job holds).
+Framework overhead is the share of round wall time spent outside local training and evaluation
+(summary.json's `framework_overhead_share`; goal <= 5%, must <= 10%).
 
     python bench/run_default.py [--method fedspine] [--preset default] [--set key=value ...]
 """
@@ -21,11 +24,12 @@ import psutil
 
 
 class PeakMemory:
-    """Samples the summed RSS of this process tree in a background thread, and each kind of
-    process's own peak (this process, the Ray workers running clients, Ray's own services)."""
+    """Samples the summed RSS and PSS of this process tree in a background thread, and each
+    kind of process's own peak RSS (this process, the Ray workers running clients, Ray's own
+    services)."""
 
     def __init__(self, interval_s: float = 0.5) -> None:
-        self.interval_s, self.peak_bytes = interval_s, 0
+        self.interval_s, self.peak_bytes, self.peak_pss_bytes = interval_s, 0, 0
         self.peak_by_kind: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -45,16 +49,18 @@ class PeakMemory:
     def _run(self) -> None:
         me = psutil.Process()
         while not self._stop.is_set():
-            total, by_kind = 0, {}
+            total, total_pss, by_kind = 0, 0, {}
             for proc in [me, *me.children(recursive=True)]:
                 try:
                     rss = proc.memory_info().rss
+                    pss = getattr(proc.memory_full_info(), "pss", rss)  # Linux: smaps_rollup
                 except psutil.Error:
                     continue
-                total += rss
+                total, total_pss = total + rss, total_pss + pss
                 kind = self.kind(proc, me)
                 by_kind[kind] = max(by_kind.get(kind, 0), rss)  # the largest of that kind
             self.peak_bytes = max(self.peak_bytes, total)
+            self.peak_pss_bytes = max(self.peak_pss_bytes, total_pss)
             for kind, rss in by_kind.items():
                 self.peak_by_kind[kind] = max(self.peak_by_kind.get(kind, 0), rss)
             self._stop.wait(self.interval_s)
@@ -133,6 +139,7 @@ def main() -> None:
                 "preset": args.preset,
                 "wall_time_s": wall,
                 "peak_rss_mb_all_processes": memory.peak_bytes / 2**20,
+                "peak_pss_mb_all_processes": memory.peak_pss_bytes / 2**20,
                 "peak_rss_mb_server": summary["peak_rss_mb"],
                 "peak_rss_mb_largest_process_by_kind": {
                     k: v / 2**20 for k, v in memory.peak_by_kind.items()

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = ("wall_time_s", "peak_rss_mb_all_processes", "final_accuracy")
+KEYS = ("wall_time_s", "peak_rss_mb_all_processes", "peak_pss_mb_all_processes", "final_accuracy")
 
 
 def one_run(src: Path, seed: int, extra: list[str]) -> dict:
