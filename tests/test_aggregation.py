@@ -310,3 +310,68 @@ def test_step_toward_is_the_convex_move_and_exact_at_one():
     assert torch.equal(step_toward(previous, target, 1.0), target)
     assert torch.allclose(step_toward(previous, target, 0.25), torch.tensor([0.5, -1.0, 2.0]))
     assert torch.allclose(step_toward(target, target, 0.3), target)
+
+
+def _dense_reference_mean(updates, previous, scaling, keep_residual):
+    """The definition, one device and one full-size matrix at a time: each coordinate's
+    example-weighted mean over the devices that kept it (with the residual rule, a device's
+    value there is its delta plus, where it also received, previous minus what it received)."""
+    out = {}
+    for name, shape in SHAPES.items():
+        prev = previous[name].delta()
+        total, cover = torch.zeros(shape, dtype=DT), torch.zeros(shape, dtype=DT)
+        for update in updates:
+            if name not in update.factors:
+                continue
+            delta, mask = to_full_delta(update, name, shape, scaling)
+            value = delta
+            if keep_residual and update.received and name in update.received:
+                sent_update = LoraUpload(
+                    update.received, update.received_rows, update.received_cols, 0
+                )
+                sent, sent_mask = to_full_delta(sent_update, name, shape, scaling)
+                value = delta + mask * sent_mask * (prev - sent)
+            total += update.num_examples * mask * value
+            cover += update.num_examples * mask
+        out[name] = torch.where(cover > 0, total / cover.clamp_min(1e-30), prev)
+    return out
+
+
+@pytest.mark.parametrize("keep_residual", [False, True])
+def test_masked_mean_of_many_pruned_devices_equals_the_per_coordinate_definition(keep_residual):
+    """Devices pruned on rows, on cols, on both, further during the round than what they
+    received, one without a module, different ranks and example counts: the stacked low-rank
+    sum equals the coordinate-by-coordinate mean."""
+    previous = {n: random_factors(5, o, i, 300 + k) for k, (n, (o, i)) in enumerate(SHAPES.items())}
+    setups = [  # (rows, cols, rank, examples, received rows, received cols)
+        ({}, {}, 2, 7, {}, {}),
+        ({"q": torch.tensor([0, 3, 4, 9])}, {"down": torch.tensor([2, 5, 6])}, 3, 11, {}, {}),
+        (
+            {"q": torch.tensor([1, 3, 8])},
+            {"q": torch.tensor([0, 2, 4, 6, 8]), "down": torch.tensor([0, 5, 15])},
+            4,
+            5,
+            {"q": torch.tensor([1, 3, 5, 8, 10])},
+            {"q": torch.tensor([0, 2, 4, 6, 8, 9]), "down": torch.tensor([0, 1, 5, 7, 15])},
+        ),
+        ({"down": torch.tensor([0, 4, 9])}, {}, 1, 3, {"down": torch.tensor([0, 4, 9])}, {}),
+    ]
+    updates = []
+    for k, (rows, cols, rank, examples, sent_rows, sent_cols) in enumerate(setups):
+        received = restrict_and_truncate(previous, sent_rows, sent_cols, rank, 2.0)
+        factors = {}
+        for j, (name, (o, i)) in enumerate(SHAPES.items()):
+            out_kept = len(rows[name]) if name in rows else o
+            in_kept = len(cols[name]) if name in cols else i
+            factors[name] = random_factors(rank, out_kept, in_kept, 400 + 10 * k + j)
+        if k == 3:
+            del factors["q"]  # a device without this module's LoRA
+        updates.append(
+            LoraUpload(factors, rows, cols, examples, {}, received, sent_rows, sent_cols)
+        )
+    got = aggregate_masked_svd(
+        updates, SHAPES, 10, 2.0, previous=previous, keep_residual=keep_residual
+    )
+    expected = _dense_reference_mean(updates, previous, 2.0, keep_residual)
+    for name in SHAPES:  # max_rank 10 >= min(shape): the re-factorisation is exact
+        torch.testing.assert_close(got[name].delta(), expected[name], rtol=1e-9, atol=1e-9)

@@ -123,8 +123,8 @@ def to_full_delta(
 ) -> tuple[Tensor, Tensor]:
     """(s * B @ A placed at full width with zeros elsewhere, bool mask of kept coordinates).
 
-    One scatter into one zero matrix (rows only, cols only, or both): this runs for every
-    module of every upload each round, and it is half of the aggregation's time.
+    The dense form of one upload, for inspection and tests; the aggregation itself never forms
+    it (see `_masked_mean`).
     """
     rows, cols = _kept_indices(update, name, full_shape)
     local = update.factors[name].delta(float(scaling))
@@ -173,14 +173,22 @@ def _previous_delta(previous: Mapping[str, LoraFactors] | None, name: str, shape
     return torch.zeros(shape)
 
 
-def _truncation_residual(update: LoraUpload, name: str, previous: Tensor, scaling: float) -> Tensor:
-    """previous - (what the device received), at full width: what the rank-r_i down-link left
-    out (zero where the device received the global exactly, or nothing)."""
-    if update.received is None or name not in update.received:
-        return torch.zeros_like(previous)
-    sent = LoraUpload(update.received, update.received_rows or {}, update.received_cols or {}, 0)
-    sent_delta, sent_mask = to_full_delta(sent, name, tuple(previous.shape), scaling)
-    return (previous - sent_delta.to(previous.dtype)) * sent_mask
+def _placed(
+    factors: LoraFactors, rows: Tensor, cols: Tensor, shape: Shape, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """(B, A) at full width: B's rows at `rows`, A's cols at `cols`, zero elsewhere, so B @ A
+    is the delta placed at the kept coordinates (without forming the out x in matrix)."""
+    B = torch.zeros(shape[0], factors.rank, dtype=dtype)
+    A = torch.zeros(factors.rank, shape[1], dtype=dtype)
+    B.index_copy_(0, rows, factors.B.to(dtype))
+    A.index_copy_(1, cols, factors.A.to(dtype))
+    return B, A
+
+
+def _indicator(index: Tensor, size: int, dtype: torch.dtype) -> Tensor:
+    out = torch.zeros(size, dtype=dtype)
+    out[index] = 1.0
+    return out
 
 
 def _masked_mean(
@@ -197,17 +205,43 @@ def _masked_mean(
     progress (its delta minus what it received) on the coordinates it kept: a device that
     trained at a low rank then moves the global by what it learned, instead of replacing the
     global's higher-rank components with its truncated copy of them.
+
+    Device i contributes w_i * (m_i * D_i + n_i * (fallback - R_i)) with m_i its kept mask, D_i
+    its delta, R_i the delta it received and n_i = m_i * (the received mask). Every term but
+    the fallback's is a low-rank product with zeroed rows and columns, so the sum over devices
+    is one (out x sum of ranks) @ (sum of ranks x in) product, and each mask sum is one
+    (out x devices) @ (devices x in) product: no per-device full-size matrix (the aggregation
+    runs every round, for every upload of a 70-device catch-up round too).
     """
-    total = torch.zeros_like(fallback)
-    cover = torch.zeros_like(fallback)
+    shape, dtype = tuple(fallback.shape), fallback.dtype
+    lefts, rights, kept_rows, kept_cols, both_rows, both_cols, used = [], [], [], [], [], [], []
     for update, weight in zip(updates, weights, strict=True):
-        if name in update.factors:
-            delta, mask = to_full_delta(update, name, tuple(fallback.shape), scaling)
-            delta = delta.to(total.dtype)
-            if keep_residual:
-                delta += mask * _truncation_residual(update, name, fallback, scaling)
-            total.add_(delta, alpha=weight)  # in place: two fewer full-size temporaries
-            cover.add_(mask, alpha=weight)
+        if name not in update.factors:
+            continue
+        rows, cols = _kept_indices(update, name, shape)
+        B, A = _placed(update.factors[name], rows, cols, shape, dtype)
+        lefts.append(B * (weight * scaling))
+        rights.append(A)
+        row_mask, col_mask = _indicator(rows, shape[0], dtype), _indicator(cols, shape[1], dtype)
+        kept_rows.append(row_mask)
+        kept_cols.append(col_mask)
+        used.append(weight)
+        received = update.received or {}
+        if not keep_residual or name not in received:
+            continue
+        sent = LoraUpload(received, update.received_rows or {}, update.received_cols or {}, 0)
+        sent_rows, sent_cols = _kept_indices(sent, name, shape)
+        B_sent, A_sent = _placed(received[name], sent_rows, sent_cols, shape, dtype)
+        lefts.append(B_sent * row_mask.unsqueeze(1) * (-weight * scaling))
+        rights.append(A_sent * col_mask.unsqueeze(0))
+        both_rows.append(row_mask * _indicator(sent_rows, shape[0], dtype) * weight)
+        both_cols.append(col_mask * _indicator(sent_cols, shape[1], dtype))
+    if not used:
+        return fallback
+    total = torch.cat(lefts, dim=1) @ torch.cat(rights, dim=0)
+    cover = (torch.stack(kept_rows, 1) * torch.tensor(used, dtype=dtype)) @ torch.stack(kept_cols)
+    if both_rows:
+        total += fallback * (torch.stack(both_rows, 1) @ torch.stack(both_cols))
     return torch.where(cover > 0, total / cover.clamp_min(1e-30), fallback)
 
 
