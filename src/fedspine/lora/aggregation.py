@@ -214,7 +214,7 @@ def _masked_mean(
     runs every round, for every upload of a 70-device catch-up round too).
     """
     shape, dtype = tuple(fallback.shape), fallback.dtype
-    lefts, rights, kept_rows, kept_cols, both_rows, both_cols, used = [], [], [], [], [], [], []
+    lefts, rights, kept_rows, kept_cols, both_rows, both_cols = [], [], [], [], [], []
     for update, weight in zip(updates, weights, strict=True):
         if name not in update.factors:
             continue
@@ -223,9 +223,8 @@ def _masked_mean(
         lefts.append(B * (weight * scaling))
         rights.append(A)
         row_mask, col_mask = _indicator(rows, shape[0], dtype), _indicator(cols, shape[1], dtype)
-        kept_rows.append(row_mask)
+        kept_rows.append(row_mask * weight)
         kept_cols.append(col_mask)
-        used.append(weight)
         received = update.received or {}
         if not keep_residual or name not in received:
             continue
@@ -236,10 +235,10 @@ def _masked_mean(
         rights.append(A_sent * col_mask.unsqueeze(0))
         both_rows.append(row_mask * _indicator(sent_rows, shape[0], dtype) * weight)
         both_cols.append(col_mask * _indicator(sent_cols, shape[1], dtype))
-    if not used:
+    if not lefts:
         return fallback
     total = torch.cat(lefts, dim=1) @ torch.cat(rights, dim=0)
-    cover = (torch.stack(kept_rows, 1) * torch.tensor(used, dtype=dtype)) @ torch.stack(kept_cols)
+    cover = torch.stack(kept_rows, 1) @ torch.stack(kept_cols)
     if both_rows:
         total += fallback * (torch.stack(both_rows, 1) @ torch.stack(both_cols))
     return torch.where(cover > 0, total / cover.clamp_min(1e-30), fallback)
