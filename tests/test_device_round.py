@@ -75,6 +75,31 @@ def test_pruned_device_does_less_work_than_unpruned(res):
     assert full.report.sparsity == 0.0
 
 
+def test_a_calibration_importance_pays_for_its_own_backward_passes(res):
+    """`pruning.importance=taylor` runs a calibration forward and backward (base gradients
+    included) at every prune step; the device's FLOPs, hence its clock, must include them.
+    MiniLM has no kv groups, so both importances give every layer the same widths and the
+    rounds' step FLOPs are equal: the difference is the calibration passes alone."""
+    import dataclasses
+
+    from fedspine.fleet.cost import training_flops
+
+    plan = DevicePlan(1, 4, 0.5, PRUNE, local_steps=6)
+    taylor_cfg = dataclasses.replace(
+        res.config, pruning=dataclasses.replace(res.config.pruning, importance="taylor")
+    )
+    lora = device_round(res, res.fleet[0], plan).uplink.report
+    taylor = device_round(dataclasses.replace(res, config=taylor_cfg), res.fleet[0], plan)
+    taylor = taylor.uplink.report
+    assert taylor.sparsity == pytest.approx(lora.sparsity)
+    points = len(prune_points(6, res.config.pruning.prune_interval))
+    batch = min(len(res.partitions[res.fleet[0].device_id]), 4 * res.config.train.batch_size)
+    full_pass = training_flops(res.base.model, batch, res.config.data.max_seq_len, False)  # no LoRA
+    extra = taylor.train_flops - lora.train_flops
+    # the first pass is at the unpruned width; each pass adds LoRA's small share on top
+    assert full_pass <= extra <= 1.1 * points * full_pass
+
+
 def test_the_recipe_decides_what_the_device_does_with_its_target(res):
     one_shot = DevicePlan(1, 8, 0.5, DeviceRecipe.ONE_SHOT_PRUNE, local_steps=6)
     result = device_round(res, res.fleet[1], one_shot).uplink

@@ -367,6 +367,8 @@ class _Pruner:
         Scores are in original coordinates, so the importance EMA carries on."""
         if not self.active or step not in self.schedule:
             return False
+        if self.importance.calibration_backward:  # its own pass with full weight gradients
+            self.flops += self._calibration_flops()
         self.shape_version += 1
         self.kept = prune_step(
             self.model,
@@ -381,12 +383,15 @@ class _Pruner:
     def _calibration(self) -> dict[str, torch.Tensor]:
         return self.data.batch(list(range(min(len(self.data), 4 * self.batch))))
 
+    def _calibration_flops(self) -> float:
+        """One forward and backward of the calibration batch, gradients of the base included."""
+        sequences = min(len(self.data), 4 * self.batch)
+        return training_flops(self.model, sequences, self.seq, frozen_base=False)
+
     def one_shot(self) -> None:
         """Prune-then-tune: Taylor importance on a calibration batch, prune to the target."""
         calibration = self._calibration()
-        self.flops += training_flops(
-            self.model, calibration["labels"].shape[0], self.seq, frozen_base=False
-        )
+        self.flops += self._calibration_flops()
         scores = taylor_importance(self.model, self.adapter, self.kept, [calibration])
         self.kept = prune_step(
             self.model,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 from peft.tuners.lora import LoraLayer
@@ -138,6 +138,8 @@ class LoraTaylorImportance:
     the first call's magnitude and the EMA continues from it, so local evidence refines it.
     """
 
+    calibration_backward = False  # reads the local steps' own LoRA gradients
+
     def __init__(
         self, adapter: FamilyAdapter, beta: float = 0.9, prior: ModelScores | None = None
     ) -> None:
@@ -243,6 +245,10 @@ def taylor_importance(
 class GroupImportance(Protocol):
     """A device's importance of every head and channel group during one round."""
 
+    # True when `score` runs its own forward and backward through the base (a calibration
+    # batch with full weight gradients): the device's clock must count that pass
+    calibration_backward: bool
+
     def observe(self, model: nn.Module, kept: KeptIndices) -> None:
         """Called after every local backward (before zero_grad)."""
         ...
@@ -269,6 +275,7 @@ class _Stateless:
     """Importances computed afresh at each prune step from the model alone."""
 
     adapter: FamilyAdapter
+    calibration_backward: ClassVar[bool] = False
 
     def observe(self, model: nn.Module, kept: KeptIndices) -> None:
         return None
@@ -287,6 +294,8 @@ class MagnitudeImportance(_Stateless):
 
 
 class CalibrationTaylorImportance(_Stateless):
+    calibration_backward: ClassVar[bool] = True
+
     def score(self, model: nn.Module, kept: KeptIndices, calibration: Calibration) -> ModelScores:
         return taylor_importance(model, self.adapter, kept, [calibration()])
 
