@@ -380,13 +380,15 @@ class _Pruner:
         )
         return True
 
+    def _calibration_size(self) -> int:
+        return min(len(self.data), 4 * self.batch)
+
     def _calibration(self) -> dict[str, torch.Tensor]:
-        return self.data.batch(list(range(min(len(self.data), 4 * self.batch))))
+        return self.data.batch(list(range(self._calibration_size())))
 
     def _calibration_flops(self) -> float:
         """One forward and backward of the calibration batch, gradients of the base included."""
-        sequences = min(len(self.data), 4 * self.batch)
-        return training_flops(self.model, sequences, self.seq, frozen_base=False)
+        return training_flops(self.model, self._calibration_size(), self.seq, frozen_base=False)
 
     def one_shot(self) -> None:
         """Prune-then-tune: Taylor importance on a calibration batch, prune to the target."""
