@@ -16,7 +16,10 @@ Rules:
 Importances, each with the uniform rule: ``taylor`` (|W dL/dW| with the base's true gradients,
 the rules above), ``magnitude`` (|W|, no data) and ``lora-taylor`` (FedSpine's default: the
 LoRA-gradient estimate, EMA over the calibration batches while a fresh rank-8 LoRA trains on
-them with Adam at the llm preset's rate, as a device's first round does).
+them with AdamW, as a device's first round does).
+
+Rank, LoRA alpha, learning rate, EMA beta, batch size, sequence length and the held-out split
+are the `llm` preset's (`--preset` for another).
 
     python bench/llm_pruning_loss.py --target 0.3 --calibration-batches 8
 """
@@ -29,6 +32,7 @@ import time
 
 import torch
 
+from fedspine.config import Config, load_config
 from fedspine.data.instructions import load_instructions
 from fedspine.data.loading import train_test_split
 from fedspine.generative_eval import answer_loss
@@ -57,13 +61,15 @@ def channels_only(scores, kept: KeptIndices, target: float) -> KeptIndices:
     return KeptIndices(family=kept.family, dims=kept.dims, layers=tuple(layers))
 
 
-def lora_taylor_scores(source: str, batches: list, rank: int, lr: float, beta: float):
+def lora_taylor_scores(cfg: Config, batches: list):
     """FedSpine's importance after a device's local steps on `batches` from a fresh LoRA."""
-    loaded = load_causal_lm(source)
-    model = attach_lora(loaded.model, loaded.adapter, rank, 2.0, 0.0, 0)
+    loaded = load_causal_lm(cfg.model.source)
+    m = cfg.model
+    model = attach_lora(loaded.model, loaded.adapter, m.lora_rank, m.lora_alpha_per_rank, 0.0, 0)
     kept = KeptIndices.full(loaded.adapter, loaded.model.config)
-    importance = LoraTaylorImportance(loaded.adapter, beta)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    importance = LoraTaylorImportance(loaded.adapter, cfg.pruning.ema_beta)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.learning_rate)
     model.train()
     for batch in batches:
         model(**batch).loss.backward()
@@ -75,29 +81,30 @@ def lora_taylor_scores(source: str, batches: list, rank: int, lr: float, beta: f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", default="smollm2-135m")
+    parser.add_argument("--preset", default="llm")
     parser.add_argument("--target", type=float, default=0.3)
     parser.add_argument("--calibration-batches", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--max-seq-len", type=int, default=128)
-    parser.add_argument("--test-examples", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    cfg = load_config(args.preset)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
 
-    loaded = load_causal_lm(args.source)
+    loaded = load_causal_lm(cfg.model.source)
     model, tok, adapter = loaded.model, loaded.tokenizer, loaded.adapter
-    data = load_instructions("instructions")
-    train, test = train_test_split(data, 0.2, args.seed, max_test=args.test_examples)
+    data = load_instructions(cfg.data.dataset)
+    train, test = train_test_split(
+        data, cfg.data.test_fraction, args.seed, max_test=cfg.data.max_test_examples
+    )
 
     def tokenised(ds):
-        return tokenise_instructions(ds.texts, ds.targets, ds.labels, tok, args.max_seq_len)
+        return tokenise_instructions(ds.texts, ds.targets, ds.labels, tok, cfg.data.max_seq_len)
 
     train_tok, test_tok = tokenised(train), tokenised(test)
+    size = cfg.train.batch_size
     order = torch.randperm(len(train_tok), generator=torch.Generator().manual_seed(args.seed))
     batches = [
-        train_tok.batch(order[i * args.batch_size : (i + 1) * args.batch_size].tolist())
+        train_tok.batch(order[i * size : (i + 1) * size].tolist())
         for i in range(args.calibration_batches)
     ]
     full = KeptIndices.full(adapter, model.config)
@@ -112,7 +119,7 @@ def main() -> None:
             magnitude_importance(model, adapter, full), full, args.target, "uniform"
         ),
         "lora-taylor": select_groups_to_keep(
-            lora_taylor_scores(args.source, batches, 8, 2e-3, 0.9), full, args.target, "uniform"
+            lora_taylor_scores(cfg, batches), full, args.target, "uniform"
         ),
     }
     results = {"unpruned": {"answer_loss": answer_loss(model, test_tok), "sparsity": 0.0}}
